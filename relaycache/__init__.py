@@ -1,0 +1,50 @@
+"""RelayCache: an ORM-aware, tag-invalidated cache for Django on Redis.
+
+The core (this module and :mod:`relaycache.backends`) needs no Django settings; the
+ORM names below are imported on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .backends.base import BaseCache
+from .backends.memory import InMemoryCache
+from .backends.redis import RedisCache
+from .breaker import CircuitBreaker
+from .codec import register_type
+from .config import get_default_backend, set_default_backend
+from .decorator import ainvalidate, cache, invalidate
+from .stats import Stats
+
+if TYPE_CHECKING:
+    from .orm.queryset import CachedManager, CachedQuerySet, CachedQuerySetMixin
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BaseCache",
+    "CachedManager",
+    "CachedQuerySet",
+    "CachedQuerySetMixin",
+    "CircuitBreaker",
+    "InMemoryCache",
+    "RedisCache",
+    "Stats",
+    "ainvalidate",
+    "cache",
+    "get_default_backend",
+    "invalidate",
+    "register_type",
+    "set_default_backend",
+]
+
+_ORM_NAMES = {"CachedManager", "CachedQuerySet", "CachedQuerySetMixin"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ORM_NAMES:
+        from .orm import queryset
+
+        return getattr(queryset, name)
+    raise AttributeError(f"module 'relaycache' has no attribute {name!r}")

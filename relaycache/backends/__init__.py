@@ -1,0 +1,1 @@
+"""Cache backends. Import them from :mod:`relaycache`."""

@@ -1,0 +1,566 @@
+"""What every backend shares: tag stamps, entry validation, singleflight, fail-open.
+
+A backend subclass supplies a handful of storage primitives (``_fetch``, ``_store``,
+``_acquire_stamps``, ``_replace_stamps``, leases, ...); everything that decides whether
+a result may be served or stored lives here, once, for both sync and async callers.
+
+An entry is ``orjson([tags, stamps, value])``. It is served only if its tags are the
+ones asked for and every stamp equals that tag's current stamp; the stamps are taken
+*before* the value is computed, so an invalidation that lands while it is computed
+makes it unservable (no stale set), and a missing stamp is never equal to anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+import orjson
+
+from ..breaker import CircuitBreaker
+from ..codec import from_json, may_hold_markers, to_json
+from ..keys import check_key, check_tags
+from ..stats import Stats
+
+logger = logging.getLogger("relaycache")
+
+T = TypeVar("T")
+Stamps = list[str | None]
+
+
+class _Failed:
+    """Result of a backend call that failed or was not attempted."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "FAILED"
+
+
+FAILED: Any = _Failed()
+
+
+def new_token() -> str:
+    return os.urandom(8).hex()
+
+
+class _LocalFlights:
+    """In-process singleflight: the first caller of a key computes, the others wait."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: dict[str, threading.Event] = {}
+
+    def join(self, key: str) -> threading.Event | None:
+        """``None`` makes the caller the leader; otherwise an event to wait on."""
+        with self._lock:
+            event = self._events.get(key)
+            if event is None:
+                self._events[key] = threading.Event()
+            return event
+
+    def leave(self, key: str) -> None:
+        with self._lock:
+            self._events.pop(key).set()
+
+
+class _AsyncLocalFlights:
+    def __init__(self) -> None:
+        self._events: dict[tuple[int, str], asyncio.Event] = {}
+
+    def join(self, key: str) -> asyncio.Event | None:
+        slot = (id(asyncio.get_running_loop()), key)
+        event = self._events.get(slot)
+        if event is None:
+            self._events[slot] = asyncio.Event()
+        return event
+
+    def leave(self, key: str) -> None:
+        self._events.pop((id(asyncio.get_running_loop()), key)).set()
+
+
+class BaseCache:
+    """Tag-stamped cache logic over a key-value store; see the module docstring.
+
+    :param default_ttl: seconds an entry lives when no ``ttl`` is given (``None``: no
+        expiry).
+    :param value_prefix: prefix of entry keys.
+    :param meta_prefix: prefix of tag stamps and singleflight leases.
+    :param stamp_ttl: seconds a tag stamp lives; defaults to twice ``default_ttl``
+        and at least a day. An expired stamp only costs misses, never a stale read.
+    :param lease_ttl: seconds a singleflight holder may compute before others proceed.
+    :param max_entry_size: encoded entries larger than this (bytes) are not stored.
+    """
+
+    errors: tuple[type[BaseException], ...] = ()
+
+    def __init__(
+        self,
+        *,
+        default_ttl: float | None = 3600,
+        value_prefix: str = "rc:",
+        meta_prefix: str = "rc:meta:",
+        stamp_ttl: float | None = None,
+        lease_ttl: float = 30.0,
+        max_entry_size: int = 1024 * 1024,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
+        if default_ttl is not None and default_ttl <= 0:
+            raise ValueError("default_ttl must be positive seconds or None")
+        if not value_prefix or not meta_prefix or value_prefix == meta_prefix:
+            raise ValueError("value_prefix and meta_prefix must be distinct and non-empty")
+        if meta_prefix.startswith(value_prefix):
+            self._reserved = meta_prefix[len(value_prefix) :]
+        else:
+            self._reserved = ""
+        if value_prefix.startswith(meta_prefix):
+            raise ValueError("value_prefix must not start with meta_prefix")
+        self.default_ttl = default_ttl
+        self.value_prefix = value_prefix
+        self.meta_prefix = meta_prefix
+        self.stamp_ttl = stamp_ttl or max(2 * (default_ttl or 0), 86400)
+        self.lease_ttl = lease_ttl
+        self.max_entry_size = max_entry_size
+        self.breaker = breaker or CircuitBreaker()
+        self.stats = Stats()
+        self._flights = _LocalFlights()
+        self._aflights = _AsyncLocalFlights()
+        self._pending: set[str] = set()
+        self._pending_lock = threading.Lock()
+        self._retry_thread: threading.Thread | None = None
+        self.invalidation_listeners: list[Callable[[list[str]], None]] = []
+
+    # -- storage primitives a backend provides -------------------------------------
+
+    def _fetch(self, vkey: str, skeys: list[str]) -> tuple[Any, Stamps]:
+        """The raw entry and the current stamps, in ONE round trip."""
+        raise NotImplementedError
+
+    def _acquire_stamps(self, skeys: list[str]) -> list[str]:
+        """Current stamps, creating the missing ones."""
+        raise NotImplementedError
+
+    def _store(self, vkey: str, raw: bytes, skeys: list[str], stamps: list[str],
+               ttl_ms: int | None) -> bool:
+        """Write the entry only if ``stamps`` are still current."""
+        raise NotImplementedError
+
+    def _replace_stamps(self, skeys: list[str]) -> None:
+        raise NotImplementedError
+
+    def _delete(self, vkey: str) -> None:
+        raise NotImplementedError
+
+    def _clear(self) -> None:
+        raise NotImplementedError
+
+    def _acquire_lease(self, lkey: str, token: str, ttl_ms: int) -> bool:
+        raise NotImplementedError
+
+    def _release_lease(self, lkey: str, token: str) -> None:
+        raise NotImplementedError
+
+    def _wait_lease(self, lkey: str, timeout: float) -> None:
+        """Block until the lease is released or expired, or ``timeout`` passes."""
+        raise NotImplementedError
+
+    # Async primitives default to the sync ones, which suits a backend without I/O.
+    async def _afetch(self, vkey: str, skeys: list[str]) -> tuple[Any, Stamps]:
+        return self._fetch(vkey, skeys)
+
+    async def _aacquire_stamps(self, skeys: list[str]) -> list[str]:
+        return self._acquire_stamps(skeys)
+
+    async def _astore(self, vkey: str, raw: bytes, skeys: list[str], stamps: list[str],
+                      ttl_ms: int | None) -> bool:
+        return self._store(vkey, raw, skeys, stamps, ttl_ms)
+
+    async def _areplace_stamps(self, skeys: list[str]) -> None:
+        self._replace_stamps(skeys)
+
+    async def _aacquire_lease(self, lkey: str, token: str, ttl_ms: int) -> bool:
+        return self._acquire_lease(lkey, token, ttl_ms)
+
+    async def _arelease_lease(self, lkey: str, token: str) -> None:
+        self._release_lease(lkey, token)
+
+    async def _await_lease(self, lkey: str, timeout: float) -> None:
+        await asyncio.sleep(min(timeout, 0.05))
+
+    # -- naming ---------------------------------------------------------------------
+
+    def value_key(self, key: str) -> str:
+        check_key(key)
+        if self._reserved and key.startswith(self._reserved):
+            raise ValueError(f"cache keys must not start with {self._reserved!r} (meta_prefix)")
+        return self.value_prefix + key
+
+    def stamp_keys(self, tags: list[str]) -> list[str]:
+        return [f"{self.meta_prefix}t:{tag}" for tag in tags]
+
+    def lease_key(self, key: str) -> str:
+        return f"{self.meta_prefix}l:{key}"
+
+    def _ttl_ms(self, ttl: float | None) -> int | None:
+        if ttl is None:
+            ttl = self.default_ttl
+        if ttl is None:
+            return None
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0:
+            raise ValueError(f"ttl must be positive seconds or None, got {ttl!r}")
+        return max(1, int(ttl * 1000))
+
+    # -- guarded calls --------------------------------------------------------------
+
+    def _guard(self, primitive: Callable[..., T], *args: Any) -> T:
+        if not self.breaker.allow():
+            return FAILED
+        try:
+            result = primitive(*args)
+        except self.errors as exc:
+            self._record_failure(primitive, exc)
+            return FAILED
+        self.breaker.record_success()
+        return result
+
+    async def _aguard(self, primitive: Callable[..., Awaitable[T]], *args: Any) -> T:
+        if not self.breaker.allow():
+            return FAILED
+        try:
+            result = await primitive(*args)
+        except self.errors as exc:
+            self._record_failure(primitive, exc)
+            return FAILED
+        self.breaker.record_success()
+        return result
+
+    def _record_failure(self, primitive: Callable[..., Any], exc: BaseException) -> None:
+        self.breaker.record_failure()
+        self.stats.incr("errors")
+        logger.warning("relaycache: %s failed on %r: %s", primitive.__name__.lstrip("_"),
+                       self, exc)
+
+    def _usable(self) -> bool:
+        """Reads are served only when no invalidation of ours is still undelivered."""
+        if self._pending:
+            self._deliver_pending()
+        if self._pending:
+            self.stats.incr("bypassed")
+            return False
+        return True
+
+    # -- entries --------------------------------------------------------------------
+
+    def _pack(self, tags: list[str], stamps: Stamps, value: Any) -> bytes:
+        return orjson.dumps([tags, stamps, to_json(value)])
+
+    def _unpack(self, raw: Any, tags: list[str], stamps: Stamps) -> tuple[bool, Any]:
+        if raw is None:
+            self.stats.incr("misses")
+            return False, None
+        try:
+            entry_tags, entry_stamps, data = orjson.loads(raw)
+            fresh = entry_tags == tags and entry_stamps == stamps and None not in stamps
+            value = from_json(data) if fresh and may_hold_markers(raw) else data
+        except (ValueError, TypeError, KeyError, LookupError) as exc:
+            self.stats.incr("corrupt")
+            self.stats.incr("misses")
+            logger.warning("relaycache: corrupt entry treated as a miss: %s", exc)
+            return False, None
+        if not fresh:
+            self.stats.incr("stale")
+            self.stats.incr("misses")
+            return False, None
+        self.stats.incr("hits")
+        return True, value
+
+    def _encode_for_store(self, tags: list[str], stamps: Stamps, value: Any) -> bytes | None:
+        raw = self._pack(tags, stamps, value)
+        if len(raw) > self.max_entry_size:
+            self.stats.incr("oversize")
+            logger.info("relaycache: entry of %d bytes over max_entry_size not stored", len(raw))
+            return None
+        return raw
+
+    # -- public API -----------------------------------------------------------------
+
+    def get(self, key: str, default: Any = None, *, tags: Iterable[str] = ()) -> Any:
+        """The cached value, or ``default`` when absent or invalidated."""
+        vkey, tags = self.value_key(key), check_tags(tags)
+        if not self._usable():
+            return default
+        fetched = self._guard(self._fetch, vkey, self.stamp_keys(tags))
+        if fetched is FAILED:
+            return default
+        found, value = self._unpack(fetched[0], tags, fetched[1])
+        return value if found else default
+
+    def set(self, key: str, value: Any, ttl: float | None = None, *,
+            tags: Iterable[str] = ()) -> bool:
+        """Store ``value`` under the current stamps of ``tags``; ``False`` if not stored."""
+        vkey, tags, ttl_ms = self.value_key(key), check_tags(tags), self._ttl_ms(ttl)
+        to_json(value)  # unencodable values fail here, whatever the backend's health
+        if not self._usable():
+            return False
+        skeys = self.stamp_keys(tags)
+        stamps = self._guard(self._acquire_stamps, skeys)
+        if stamps is FAILED:
+            return False
+        return self._store_entry(vkey, tags, skeys, stamps, value, ttl_ms)
+
+    def delete(self, key: str) -> None:
+        """Drop one entry (other entries under its tags stay valid)."""
+        self._guard(self._delete, self.value_key(key))
+
+    def clear(self) -> None:
+        """Remove every key under this cache's prefixes, and nothing else."""
+        self._clear()
+
+    def invalidate(self, tags: Iterable[str]) -> None:
+        """Make every entry under any of ``tags`` unservable, in O(len(tags)).
+
+        If the backend cannot be reached, the tags are kept and redelivered in the
+        background until they land; meanwhile this process serves nothing from cache.
+        """
+        tags = check_tags(tags)
+        if not tags:
+            return
+        self.stats.incr("invalidations")
+        with self._pending_lock:
+            self._pending.update(tags)
+        self._deliver_pending()
+        for listener in self.invalidation_listeners:
+            listener(tags)
+
+    async def ainvalidate(self, tags: Iterable[str]) -> None:
+        tags = check_tags(tags)
+        if not tags:
+            return
+        self.stats.incr("invalidations")
+        with self._pending_lock:
+            self._pending.update(tags)
+            batch = sorted(self._pending)
+        if await self._aguard(self._areplace_stamps, self.stamp_keys(batch)) is FAILED:
+            self._schedule_retry()
+        else:
+            self._forget_pending(batch)
+        for listener in self.invalidation_listeners:
+            listener(tags)
+
+    @property
+    def pending_invalidations(self) -> list[str]:
+        """Tags whose invalidation has not reached the backend yet."""
+        with self._pending_lock:
+            return sorted(self._pending)
+
+    def _forget_pending(self, delivered: list[str]) -> None:
+        with self._pending_lock:
+            self._pending.difference_update(delivered)
+
+    def _deliver_pending(self) -> bool:
+        with self._pending_lock:
+            batch = sorted(self._pending)
+        if not batch:
+            return True
+        if self._guard(self._replace_stamps, self.stamp_keys(batch)) is FAILED:
+            logger.error("relaycache: invalidation of %d tag(s) not delivered yet; retrying",
+                         len(batch))
+            self._schedule_retry()
+            return False
+        self._forget_pending(batch)
+        return True
+
+    def _schedule_retry(self) -> None:
+        with self._pending_lock:
+            if self._retry_thread is not None and self._retry_thread.is_alive():
+                return
+            self._retry_thread = threading.Thread(
+                target=self._retry_loop, name="relaycache-invalidation-retry", daemon=True
+            )
+            self._retry_thread.start()
+
+    def _retry_loop(self) -> None:
+        delay = 0.05
+        while self._pending:
+            time.sleep(delay)
+            self.stats.incr("invalidations_retried")
+            if self._deliver_pending():
+                logger.warning("relaycache: pending invalidations delivered")
+                return
+            delay = min(delay * 2, self.breaker.cooldown or 1.0, 5.0)
+
+    # -- read-through ---------------------------------------------------------------
+
+    def get_or_set(self, key: str, compute: Callable[[], T], *, ttl: float | None = None,
+                   tags: Iterable[str] = (), singleflight: bool = False) -> T:
+        """Serve ``key`` from the cache or compute, store and return it.
+
+        Concurrent misses of one key in this process compute once; with
+        ``singleflight`` a lease extends that to every process sharing the backend.
+        """
+        vkey, tags, ttl_ms = self.value_key(key), check_tags(tags), self._ttl_ms(ttl)
+        skeys = self.stamp_keys(tags)
+        if not self._usable():
+            return compute()
+        found, value, stamps = self._lookup(vkey, tags, skeys)
+        if found:
+            return value
+        if stamps is FAILED:
+            return compute()
+        event = self._flights.join(vkey)
+        if event is not None:
+            self.stats.incr("singleflight_waits")
+            event.wait(self.lease_ttl)
+            found, value, stamps = self._lookup(vkey, tags, skeys)
+            if found or stamps is FAILED:
+                return value if found else compute()
+            return self._miss(vkey, tags, skeys, stamps, ttl_ms, compute, singleflight)
+        try:
+            return self._miss(vkey, tags, skeys, stamps, ttl_ms, compute, singleflight)
+        finally:
+            self._flights.leave(vkey)
+
+    def _lookup(self, vkey: str, tags: list[str], skeys: list[str]) -> tuple[bool, Any, Any]:
+        fetched = self._guard(self._fetch, vkey, skeys)
+        if fetched is FAILED:
+            return False, None, FAILED
+        found, value = self._unpack(fetched[0], tags, fetched[1])
+        return found, value, fetched[1]
+
+    def _miss(self, vkey: str, tags: list[str], skeys: list[str], stamps: Stamps,
+              ttl_ms: int | None, compute: Callable[[], T], singleflight: bool) -> T:
+        if not singleflight:
+            return self._compute_and_store(vkey, tags, skeys, stamps, ttl_ms, compute)
+        lkey, token = self.lease_key(vkey), new_token()
+        lease_ms = max(1, int(self.lease_ttl * 1000))
+        deadline = time.monotonic() + 2 * self.lease_ttl
+        while True:
+            leased = self._guard(self._acquire_lease, lkey, token, lease_ms)
+            if leased is FAILED:
+                return compute()
+            if leased:
+                try:
+                    found, value, stamps = self._lookup(vkey, tags, skeys)
+                    if found or stamps is FAILED:
+                        return value if found else compute()
+                    return self._compute_and_store(vkey, tags, skeys, stamps, ttl_ms, compute)
+                finally:
+                    self._guard(self._release_lease, lkey, token)
+            self.stats.incr("singleflight_waits")
+            self._guard(self._wait_lease, lkey, max(0.0, deadline - time.monotonic()))
+            found, value, stamps = self._lookup(vkey, tags, skeys)
+            if found or stamps is FAILED:
+                return value if found else compute()
+            if time.monotonic() >= deadline:
+                return self._compute_and_store(vkey, tags, skeys, stamps, ttl_ms, compute)
+
+    def _compute_and_store(self, vkey: str, tags: list[str], skeys: list[str], stamps: Stamps,
+                           ttl_ms: int | None, compute: Callable[[], T]) -> T:
+        if None in stamps:
+            stamps = self._guard(self._acquire_stamps, skeys)
+        value = compute()
+        if stamps is FAILED:
+            to_json(value)
+        else:
+            self._store_entry(vkey, tags, skeys, stamps, value, ttl_ms)
+        return value
+
+    def _store_entry(self, vkey: str, tags: list[str], skeys: list[str], stamps: Stamps,
+                     value: Any, ttl_ms: int | None) -> bool:
+        raw = self._encode_for_store(tags, stamps, value)
+        if raw is None:
+            return False
+        stored = self._guard(self._store, vkey, raw, skeys, stamps, ttl_ms)
+        return self._count_store(stored)
+
+    def _count_store(self, stored: Any) -> bool:
+        if stored is FAILED:
+            return False
+        self.stats.incr("stores" if stored else "stores_rejected")
+        return bool(stored)
+
+    # -- async read-through (same flow, awaiting the backend) ------------------------
+
+    async def aget_or_set(self, key: str, compute: Callable[[], Awaitable[T]], *,
+                          ttl: float | None = None, tags: Iterable[str] = (),
+                          singleflight: bool = False) -> T:
+        """Async :meth:`get_or_set`: ``compute`` returns an awaitable."""
+        vkey, tags, ttl_ms = self.value_key(key), check_tags(tags), self._ttl_ms(ttl)
+        skeys = self.stamp_keys(tags)
+        if not self._usable():
+            return await compute()
+        found, value, stamps = await self._alookup(vkey, tags, skeys)
+        if found:
+            return value
+        if stamps is FAILED:
+            return await compute()
+        event = self._aflights.join(vkey)
+        if event is not None:
+            self.stats.incr("singleflight_waits")
+            await event.wait()
+            found, value, stamps = await self._alookup(vkey, tags, skeys)
+            if found or stamps is FAILED:
+                return value if found else await compute()
+            return await self._amiss(vkey, tags, skeys, stamps, ttl_ms, compute, singleflight)
+        try:
+            return await self._amiss(vkey, tags, skeys, stamps, ttl_ms, compute, singleflight)
+        finally:
+            self._aflights.leave(vkey)
+
+    async def _alookup(self, vkey: str, tags: list[str], skeys: list[str]
+                       ) -> tuple[bool, Any, Any]:
+        fetched = await self._aguard(self._afetch, vkey, skeys)
+        if fetched is FAILED:
+            return False, None, FAILED
+        found, value = self._unpack(fetched[0], tags, fetched[1])
+        return found, value, fetched[1]
+
+    async def _amiss(self, vkey: str, tags: list[str], skeys: list[str], stamps: Stamps,
+                     ttl_ms: int | None, compute: Callable[[], Awaitable[T]],
+                     singleflight: bool) -> T:
+        if not singleflight:
+            return await self._acompute_and_store(vkey, tags, skeys, stamps, ttl_ms, compute)
+        lkey, token = self.lease_key(vkey), new_token()
+        lease_ms = max(1, int(self.lease_ttl * 1000))
+        deadline = time.monotonic() + 2 * self.lease_ttl
+        while True:
+            leased = await self._aguard(self._aacquire_lease, lkey, token, lease_ms)
+            if leased is FAILED:
+                return await compute()
+            if leased:
+                try:
+                    found, value, stamps = await self._alookup(vkey, tags, skeys)
+                    if found or stamps is FAILED:
+                        return value if found else await compute()
+                    return await self._acompute_and_store(vkey, tags, skeys, stamps, ttl_ms,
+                                                          compute)
+                finally:
+                    await self._aguard(self._arelease_lease, lkey, token)
+            self.stats.incr("singleflight_waits")
+            await self._aguard(self._await_lease, lkey, max(0.0, deadline - time.monotonic()))
+            found, value, stamps = await self._alookup(vkey, tags, skeys)
+            if found or stamps is FAILED:
+                return value if found else await compute()
+            if time.monotonic() >= deadline:
+                return await self._acompute_and_store(vkey, tags, skeys, stamps, ttl_ms,
+                                                      compute)
+
+    async def _acompute_and_store(self, vkey: str, tags: list[str], skeys: list[str],
+                                  stamps: Stamps, ttl_ms: int | None,
+                                  compute: Callable[[], Awaitable[T]]) -> T:
+        if None in stamps:
+            stamps = await self._aguard(self._aacquire_stamps, skeys)
+        value = await compute()
+        if stamps is FAILED:
+            to_json(value)
+            return value
+        raw = self._encode_for_store(tags, stamps, value)
+        if raw is not None:
+            self._count_store(await self._aguard(self._astore, vkey, raw, skeys, stamps,
+                                                 ttl_ms))
+        return value

@@ -1,0 +1,122 @@
+"""The embedded default: the same semantics as Redis, inside one process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+from .base import BaseCache, Stamps, new_token
+
+
+class InMemoryCache(BaseCache):
+    """A thread-safe, size-bounded (LRU) cache for development and single processes.
+
+    Entries are kept encoded, so every read returns a fresh copy and nothing a caller
+    mutates reaches the cache. Stamps are bounded too: evicting one only makes the
+    entries under its tag miss.
+    """
+
+    def __init__(self, default_ttl: float | None = 3600, *, max_entries: int = 10_000,
+                 **options: Any) -> None:
+        super().__init__(default_ttl=default_ttl, **options)
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        self._data: OrderedDict[str, tuple[Any, float | None]] = OrderedDict()
+        self._lock = threading.RLock()
+        self._released = threading.Condition(self._lock)
+
+    def __repr__(self) -> str:
+        return f"<InMemoryCache entries={len(self._data)}>"
+
+    def _get(self, key: str, now: float) -> Any:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        if item[1] is not None and item[1] <= now:
+            del self._data[key]
+            return None
+        self._data.move_to_end(key)
+        return item[0]
+
+    def _put(self, key: str, value: Any, ttl_ms: float | None, now: float) -> None:
+        self._data[key] = (value, None if ttl_ms is None else now + ttl_ms / 1000)
+        self._data.move_to_end(key)
+        # Entries, stamps and leases share one bound, so memory stays O(max_entries).
+        while len(self._data) > self.max_entries:
+            self._data.popitem(last=False)
+
+    def _fetch(self, vkey: str, skeys: list[str]) -> tuple[Any, Stamps]:
+        now = time.monotonic()
+        with self._lock:
+            return self._get(vkey, now), [self._get(k, now) for k in skeys]
+
+    def _acquire_stamps(self, skeys: list[str]) -> list[str]:
+        now = time.monotonic()
+        stamp_ms = self.stamp_ttl * 1000
+        with self._lock:
+            stamps = []
+            for skey in skeys:
+                stamp = self._get(skey, now)
+                if stamp is None:
+                    stamp = new_token()
+                    self._put(skey, stamp, stamp_ms, now)
+                stamps.append(stamp)
+            return stamps
+
+    def _store(self, vkey: str, raw: bytes, skeys: list[str], stamps: list[str],
+               ttl_ms: int | None) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if [self._get(k, now) for k in skeys] != stamps:
+                return False
+            self._put(vkey, raw, ttl_ms, now)
+            return True
+
+    def _replace_stamps(self, skeys: list[str]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for skey in skeys:
+                self._put(skey, new_token(), self.stamp_ttl * 1000, now)
+
+    def _delete(self, vkey: str) -> None:
+        with self._lock:
+            self._data.pop(vkey, None)
+
+    def _clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self._released.notify_all()
+
+    def _acquire_lease(self, lkey: str, token: str, ttl_ms: int) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if self._get(lkey, now) is not None:
+                return False
+            self._put(lkey, token, ttl_ms, now)
+            return True
+
+    def _release_lease(self, lkey: str, token: str) -> None:
+        with self._lock:
+            if self._get(lkey, time.monotonic()) == token:
+                del self._data[lkey]
+            self._released.notify_all()
+
+    def _wait_lease(self, lkey: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                now = time.monotonic()
+                item = self._data.get(lkey)
+                if item is None or now >= deadline or (item[1] is not None and item[1] <= now):
+                    return
+                expires = item[1] if item[1] is not None else deadline
+                self._released.wait(min(deadline, expires) - now)
+
+    def keys(self) -> list[str]:
+        """Every live key, entries and stamps alike (for inspection and tests)."""
+        now = time.monotonic()
+        with self._lock:
+            return [k for k in list(self._data) if self._get(k, now) is not None]

@@ -1,0 +1,275 @@
+"""Redis backend: plain, Sentinel-managed or Cluster clients from redis-py."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.retry import Retry
+
+from .base import BaseCache, Stamps, new_token
+
+# KEYS: entry, stamp...; ARGV: entry, ttl_ms or "", expected stamp...
+_STORE_IF_CURRENT = """
+for i = 2, #KEYS do
+  if redis.call('GET', KEYS[i]) ~= ARGV[i + 1] then return 0 end
+end
+if ARGV[2] == '' then
+  redis.call('SET', KEYS[1], ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return 1
+"""
+
+# KEYS: lease; ARGV: token. Only the owner releases; waiters are woken on its channel.
+_RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', KEYS[1], '1')
+end
+return 1
+"""
+
+_GLOB_SPECIALS = str.maketrans({c: "\\" + c for c in "*?[]\\"})
+
+
+def _text(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _current_stamps(previous: list[Any], tokens: list[str]) -> list[str]:
+    """Merge the replies of ``SET stamp token NX GET``: the old stamp, or ours if none."""
+    return [_text(old) if old is not None else new
+            for old, new in zip(previous, tokens, strict=True)]
+
+
+def _bounded_client(client: redis.Redis, socket_timeout: float) -> redis.Redis:
+    """A client on the same server whose calls cannot hang: the cache must fail fast.
+
+    The caller's client is left untouched (it stays ``redis_client``); only a plain
+    connection pool is cloned, since Sentinel pools resolve their master themselves.
+    """
+    pool = client.connection_pool
+    if type(pool) is not redis.ConnectionPool:
+        return client
+    kwargs = dict(pool.connection_kwargs)
+    kwargs["socket_timeout"] = kwargs.get("socket_timeout") or socket_timeout
+    kwargs["socket_connect_timeout"] = kwargs.get("socket_connect_timeout") or socket_timeout
+    kwargs["retry"] = Retry(NoBackoff(), 1)
+    new_pool = redis.ConnectionPool(connection_class=pool.connection_class,
+                                    max_connections=pool.max_connections, **kwargs)
+    return redis.Redis(connection_pool=new_pool)
+
+
+def _async_client(client: redis.Redis) -> Any:
+    """An asyncio client for the same server, or ``None`` if it cannot be derived."""
+    import redis.asyncio as aredis
+    import redis.asyncio.connection as aconn
+
+    pool = client.connection_pool
+    classes = {
+        redis.connection.Connection: aconn.Connection,
+        redis.connection.UnixDomainSocketConnection: aconn.UnixDomainSocketConnection,
+        redis.connection.SSLConnection: aconn.SSLConnection,
+    }
+    connection_class = classes.get(pool.connection_class)
+    if type(pool) is not redis.ConnectionPool or connection_class is None:
+        return None
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in ("retry",)}
+    return aredis.Redis(connection_pool=aredis.ConnectionPool(
+        connection_class=connection_class, **kwargs))
+
+
+class RedisCache(BaseCache):
+    """Tag-stamped cache on Redis.
+
+    :param client: a ``redis.Redis`` (``decode_responses`` either way, from a URL or a
+        Sentinel ``master_for``) or a ``redis.cluster.RedisCluster``. It is kept as
+        :attr:`redis_client`; cache calls run on a clone with bounded timeouts.
+    :param socket_timeout: seconds a cache call may wait on Redis when the client sets
+        no timeout of its own.
+    Other options are :class:`~relaycache.backends.base.BaseCache`'s.
+    """
+
+    errors = (redis.RedisError, OSError)
+
+    def __init__(self, client: redis.Redis | RedisCluster, default_ttl: float | None = 3600,
+                 *, socket_timeout: float = 0.5, **options: Any) -> None:
+        if not isinstance(client, (redis.Redis, RedisCluster)):
+            raise TypeError(
+                f"RedisCache needs a redis.Redis or RedisCluster client, got {type(client)!r}"
+            )
+        super().__init__(default_ttl=default_ttl, **options)
+        self.redis_client = client
+        self.is_cluster = isinstance(client, RedisCluster)
+        self._client = client if self.is_cluster else _bounded_client(client, socket_timeout)
+        self._store_script = None if self.is_cluster else self._client.register_script(
+            _STORE_IF_CURRENT)
+        self._release_script = self._client.register_script(_RELEASE_LEASE)
+        self._aclients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def from_url(cls, url: str, default_ttl: float | None = 3600, **options: Any
+                 ) -> RedisCache:
+        """A cache on ``redis://``, ``rediss://`` or ``unix://`` ``url``."""
+        return cls(redis.Redis.from_url(url), default_ttl, **options)
+
+    def __repr__(self) -> str:
+        kind = "cluster" if self.is_cluster else "redis"
+        return f"<RedisCache {kind} value_prefix={self.value_prefix!r}>"
+
+    # -- sync primitives -------------------------------------------------------------
+
+    def _fetch(self, vkey: str, skeys: list[str]) -> tuple[Any, Stamps]:
+        keys = [vkey, *skeys]
+        values = (self._client.mget_nonatomic(keys) if self.is_cluster
+                  else self._client.mget(keys))
+        return values[0], [_text(v) for v in values[1:]]
+
+    def _acquire_stamps(self, skeys: list[str]) -> list[str]:
+        tokens = [new_token() for _ in skeys]
+        pipe = self._client.pipeline(transaction=False)
+        for skey, token in zip(skeys, tokens, strict=True):
+            pipe.set(skey, token, nx=True, px=int(self.stamp_ttl * 1000), get=True)
+        previous = pipe.execute()
+        return _current_stamps(previous, tokens)
+
+    def _store(self, vkey: str, raw: bytes, skeys: list[str], stamps: list[str],
+               ttl_ms: int | None) -> bool:
+        if self._store_script is not None:
+            args = [raw, "" if ttl_ms is None else ttl_ms, *stamps]
+            return bool(self._store_script(keys=[vkey, *skeys], args=args))
+        # Cluster: stamps live in other slots, so the check cannot be atomic with the
+        # write. That is still safe: readers compare the entry's stamps with the
+        # current ones, so a result stored after an invalidation is never served.
+        if skeys and [_text(v) for v in self._client.mget_nonatomic(skeys)] != stamps:
+            return False
+        self._client.set(vkey, raw, px=ttl_ms)
+        return True
+
+    def _replace_stamps(self, skeys: list[str]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for skey in skeys:
+            pipe.set(skey, new_token(), px=int(self.stamp_ttl * 1000))
+        pipe.execute()
+
+    def _delete(self, vkey: str) -> None:
+        self._client.unlink(vkey)
+
+    def _clear(self) -> None:
+        for prefix in (self.value_prefix, self.meta_prefix):
+            batch: list[Any] = []
+            for key in self._client.scan_iter(match=prefix.translate(_GLOB_SPECIALS) + "*",
+                                              count=1000):
+                batch.append(key)
+                if len(batch) >= 500:
+                    self._unlink(batch)
+                    batch = []
+            if batch:
+                self._unlink(batch)
+
+    def _unlink(self, keys: list[Any]) -> None:
+        if self.is_cluster:
+            pipe = self._client.pipeline(transaction=False)
+            for key in keys:
+                pipe.unlink(key)
+            pipe.execute()
+        else:
+            self._client.unlink(*keys)
+
+    def _acquire_lease(self, lkey: str, token: str, ttl_ms: int) -> bool:
+        return bool(self._client.set(lkey, token, nx=True, px=ttl_ms))
+
+    def _release_lease(self, lkey: str, token: str) -> None:
+        self._release_script(keys=[lkey], args=[token])
+
+    def _wait_lease(self, lkey: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(lkey)
+            while True:
+                left_ms = self._client.pttl(lkey)
+                remaining = deadline - time.monotonic()
+                if left_ms < 0 or remaining <= 0:
+                    return
+                if pubsub.get_message(timeout=min(left_ms / 1000, remaining, 1.0)):
+                    return
+        finally:
+            pubsub.close()
+
+    # -- async primitives ------------------------------------------------------------
+
+    def _aclient(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if loop not in self._aclients:
+            self._aclients[loop] = None if self.is_cluster else _async_client(self._client)
+        return self._aclients[loop]
+
+    async def _afetch(self, vkey: str, skeys: list[str]) -> tuple[Any, Stamps]:
+        client = self._aclient()
+        if client is None:
+            return await asyncio.to_thread(self._fetch, vkey, skeys)
+        values = await client.mget([vkey, *skeys])
+        return values[0], [_text(v) for v in values[1:]]
+
+    async def _aacquire_stamps(self, skeys: list[str]) -> list[str]:
+        client = self._aclient()
+        if client is None:
+            return await asyncio.to_thread(self._acquire_stamps, skeys)
+        tokens = [new_token() for _ in skeys]
+        async with client.pipeline(transaction=False) as pipe:
+            for skey, token in zip(skeys, tokens, strict=True):
+                pipe.set(skey, token, nx=True, px=int(self.stamp_ttl * 1000), get=True)
+            previous = await pipe.execute()
+        return _current_stamps(previous, tokens)
+
+    async def _astore(self, vkey: str, raw: bytes, skeys: list[str], stamps: list[str],
+                      ttl_ms: int | None) -> bool:
+        client = self._aclient()
+        if client is None:
+            return await asyncio.to_thread(self._store, vkey, raw, skeys, stamps, ttl_ms)
+        args = [raw, "" if ttl_ms is None else ttl_ms, *stamps]
+        return bool(await client.eval(_STORE_IF_CURRENT, 1 + len(skeys), vkey, *skeys, *args))
+
+    async def _areplace_stamps(self, skeys: list[str]) -> None:
+        client = self._aclient()
+        if client is None:
+            return await asyncio.to_thread(self._replace_stamps, skeys)
+        async with client.pipeline(transaction=False) as pipe:
+            for skey in skeys:
+                pipe.set(skey, new_token(), px=int(self.stamp_ttl * 1000))
+            await pipe.execute()
+
+    async def _aacquire_lease(self, lkey: str, token: str, ttl_ms: int) -> bool:
+        client = self._aclient()
+        if client is None:
+            return await asyncio.to_thread(self._acquire_lease, lkey, token, ttl_ms)
+        return bool(await client.set(lkey, token, nx=True, px=ttl_ms))
+
+    async def _arelease_lease(self, lkey: str, token: str) -> None:
+        client = self._aclient()
+        if client is None:
+            return await asyncio.to_thread(self._release_lease, lkey, token)
+        await client.eval(_RELEASE_LEASE, 1, lkey, token)
+
+    async def _await_lease(self, lkey: str, timeout: float) -> None:
+        client = self._aclient()
+        if client is None:
+            return await asyncio.to_thread(self._wait_lease, lkey, timeout)
+        deadline = time.monotonic() + timeout
+        async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
+            await pubsub.subscribe(lkey)
+            while True:
+                left_ms = await client.pttl(lkey)
+                remaining = deadline - time.monotonic()
+                if left_ms < 0 or remaining <= 0:
+                    return
+                if await pubsub.get_message(timeout=min(left_ms / 1000, remaining, 1.0)):
+                    return

@@ -1,0 +1,153 @@
+"""``@cache`` and ``invalidate()``: tag-aware caching of any function's result."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, overload
+
+from .backends.base import BaseCache
+from .config import get_default_backend
+from .keys import call_arguments, check_key, check_tags, function_key
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+TagsSpec = Iterable[str] | Callable[..., Iterable[str]] | None
+KeySpec = Callable[..., str] | None
+
+def _argument_caller(spec: Callable[..., Any], func_sig: inspect.Signature
+                     ) -> Callable[[inspect.BoundArguments], Any]:
+    """Call ``spec`` with the decorated function's arguments, as far as it takes them.
+
+    Parameters are matched by name when the callable uses the function's names (so it
+    may leave out ``self`` or defaulted arguments), by position otherwise; a
+    zero-argument callable gets nothing.
+    """
+    params = list(inspect.signature(spec).parameters.values())
+    if not params:
+        return lambda bound: spec()
+    kinds = {p.kind for p in params}
+    if not kinds & {inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD} and all(
+        p.name in func_sig.parameters and p.kind is not p.POSITIONAL_ONLY for p in params
+    ):
+        names = [p.name for p in params]
+        return lambda bound: spec(**{n: bound.arguments[n] for n in names if n in bound.arguments})
+    if inspect.Parameter.VAR_POSITIONAL in kinds:
+        return lambda bound: spec(*bound.args, **bound.kwargs)
+    count = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+    return lambda bound: spec(*bound.args[:count])
+
+
+class _CachedCall:
+    """Everything ``@cache`` fixed at decoration time, shared by the wrappers."""
+
+    def __init__(self, func: Callable[..., Any], ttl: float | None, backend: BaseCache | None,
+                 tags: TagsSpec, key: KeySpec, singleflight: bool) -> None:
+        if backend is not None and not isinstance(backend, BaseCache):
+            raise TypeError(f"backend must be a relaycache backend, got {backend!r}")
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float))
+                                or ttl <= 0):
+            raise ValueError(f"ttl must be positive seconds or None, got {ttl!r}")
+        if key is not None and not callable(key):
+            raise TypeError("key must be a callable taking the function's arguments")
+        self.func = func
+        self.signature = inspect.signature(func)
+        self.ttl = ttl
+        self.explicit_backend = backend
+        self.singleflight = singleflight
+        self.key_of = _argument_caller(key, self.signature) if key is not None else None
+        if callable(tags):
+            self.tags_of: Callable[[inspect.BoundArguments], Any] = _argument_caller(
+                tags, self.signature)
+        else:
+            fixed = check_tags(tags or ())
+            self.tags_of = lambda bound: fixed
+
+    @property
+    def backend(self) -> BaseCache:
+        return self.explicit_backend or get_default_backend()
+
+    def resolve(self, args: tuple, kwargs: dict) -> tuple[str, list[str]]:
+        bound = self.signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        if self.key_of is not None:
+            key = check_key(self.key_of(bound))
+        else:
+            key = function_key(self.func, call_arguments(bound))
+        return key, check_tags(self.tags_of(bound))
+
+
+@overload
+def cache(func: F, /) -> F: ...
+
+
+@overload
+def cache(*, ttl: float | None = ..., backend: BaseCache | None = ..., tags: TagsSpec = ...,
+          key: KeySpec = ..., distributed_singleflight: bool = ...) -> Callable[[F], F]: ...
+
+
+def cache(func: Any = None, /, *, ttl: float | None = None, backend: BaseCache | None = None,
+          tags: TagsSpec = None, key: KeySpec = None,
+          distributed_singleflight: bool = False) -> Any:
+    """Cache a function's result under tags; works on sync and ``async def`` functions.
+
+    :param ttl: seconds to keep a result (``None``: the backend's ``default_ttl``).
+    :param backend: the backend (``None``: :func:`relaycache.get_default_backend` at
+        call time).
+    :param tags: a list of tags, or a callable taking the function's arguments and
+        returning one; :func:`invalidate` on any of them drops the result.
+    :param key: a callable taking the function's arguments and returning the key;
+        by default a stable digest of module, qualified name and arguments.
+    :param distributed_singleflight: concurrent misses of one key in every process
+        sharing the backend compute once (in-process misses always do).
+
+    ``None`` results are cached. The wrapper has ``cache_key(*args, **kwargs)`` and
+    ``delete(*args, **kwargs)`` to address the entry of one call.
+    """
+
+    def decorate(target: Any) -> Any:
+        if isinstance(target, (staticmethod, classmethod)):
+            return type(target)(decorate(target.__func__))
+        call = _CachedCall(target, ttl, backend, tags, key, distributed_singleflight)
+
+        if inspect.iscoroutinefunction(target):
+            @functools.wraps(target)
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                cache_key, cache_tags = call.resolve(args, kwargs)
+                return await call.backend.aget_or_set(
+                    cache_key, lambda: target(*args, **kwargs), ttl=call.ttl,
+                    tags=cache_tags, singleflight=call.singleflight)
+        else:
+            @functools.wraps(target)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                cache_key, cache_tags = call.resolve(args, kwargs)
+                return call.backend.get_or_set(
+                    cache_key, lambda: target(*args, **kwargs), ttl=call.ttl,
+                    tags=cache_tags, singleflight=call.singleflight)
+
+        def cache_key(*args: Any, **kwargs: Any) -> str:
+            """The key this call's result is cached under."""
+            return call.resolve(args, kwargs)[0]
+
+        def delete(*args: Any, **kwargs: Any) -> None:
+            """Drop the cached result of this call only."""
+            call.backend.delete(call.resolve(args, kwargs)[0])
+
+        wrapper.cache_key = cache_key  # type: ignore[attr-defined]
+        wrapper.delete = delete  # type: ignore[attr-defined]
+        return wrapper
+
+    if func is not None:
+        return decorate(func)
+    return decorate
+
+
+def invalidate(tags: Iterable[str], backend: BaseCache | None = None) -> None:
+    """Drop every cached result under any of ``tags`` (in every process)."""
+    (backend or get_default_backend()).invalidate(tags)
+
+
+async def ainvalidate(tags: Iterable[str], backend: BaseCache | None = None) -> None:
+    """Async :func:`invalidate`."""
+    await (backend or get_default_backend()).ainvalidate(tags)

@@ -1,0 +1,101 @@
+"""Shared fixtures: a Redis client (fakeredis by default, a real server on request).
+
+``RELAYCACHE_TEST_REDIS_URL=redis://127.0.0.1:6379/15`` runs every Redis test against
+that server instead of fakeredis. ``RELAYCACHE_STRICT=1`` turns every skipped test
+into a failure, so CI cannot pass a real-service leg that quietly skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+import redis
+
+from relaycache import InMemoryCache, RedisCache, set_default_backend
+
+REDIS_URL = os.environ.get("RELAYCACHE_TEST_REDIS_URL", "")
+STRICT = os.environ.get("RELAYCACHE_STRICT") == "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    if REDIS_URL:
+        return
+    skip = pytest.mark.skip(reason="needs RELAYCACHE_TEST_REDIS_URL (a real redis-server)")
+    for item in items:
+        if "real_redis" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if STRICT and report.skipped:
+        report.outcome = "failed"
+        report.longrepr = f"skipped under RELAYCACHE_STRICT=1: {report.longrepr}"
+
+
+def _make_client(decode_responses: bool) -> redis.Redis:
+    if REDIS_URL:
+        client = redis.Redis.from_url(REDIS_URL, decode_responses=decode_responses)
+        client.ping()  # an unreachable server is an error here, never a skip
+        return client
+    import fakeredis
+
+    return fakeredis.FakeRedis(decode_responses=decode_responses)
+
+
+def _redis_cache(client: redis.Redis, **options) -> RedisCache:
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    return RedisCache(client, **{"default_ttl": 60, "value_prefix": prefix,
+                                 "meta_prefix": prefix + "meta:", **options})
+
+
+@pytest.fixture(params=[False, True], ids=["bytes", "decoded"])
+def redis_client(request):
+    """A client on an empty database, with and without ``decode_responses``."""
+    client = _make_client(request.param)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def real_redis_url():
+    if not REDIS_URL:
+        pytest.skip("needs RELAYCACHE_TEST_REDIS_URL (a real redis-server)")
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_backend(redis_client):
+    return _redis_cache(redis_client)
+
+
+@pytest.fixture
+def make_redis_backend(redis_client):
+    """Build more RedisCache objects on the same client (``options`` as RedisCache's)."""
+    return lambda **options: _redis_cache(redis_client, **options)
+
+
+@pytest.fixture(params=["memory", "redis", "redis-decoded"])
+def backend(request):
+    """Each test using it runs once per backend: the semantics must not differ."""
+    if request.param == "memory":
+        yield InMemoryCache(default_ttl=60)
+        return
+    client = _make_client(request.param == "redis-decoded")
+    client.flushdb()
+    yield _redis_cache(client)
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_default_backend():
+    set_default_backend(None)
+    yield
+    set_default_backend(None)
