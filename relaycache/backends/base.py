@@ -45,6 +45,15 @@ class _Failed:
 FAILED: Any = _Failed()
 
 
+class _Unstorable:
+    """A computed value to hand back without storing it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
 def new_token() -> str:
     return os.urandom(8).hex()
 
@@ -397,11 +406,15 @@ class BaseCache:
     # -- read-through ---------------------------------------------------------------
 
     def get_or_set(self, key: str, compute: Callable[[], T], *, ttl: float | None = None,
-                   tags: Iterable[str] = (), singleflight: bool = False) -> T:
+                   tags: Iterable[str] = (), singleflight: bool = False, store: bool = True,
+                   strict: bool = True) -> T:
         """Serve ``key`` from the cache or compute, store and return it.
 
         Concurrent misses of one key in this process compute once; with
         ``singleflight`` a lease extends that to every process sharing the backend.
+        ``store=False`` serves hits but never stores (a read inside a snapshot
+        transaction); ``strict=False`` returns an unencodable value uncached instead of
+        raising ``TypeError``.
         """
         vkey, tags, ttl_ms = self.value_key(key), check_tags(tags), self._ttl_ms(ttl)
         skeys = self.stamp_keys(tags)
@@ -410,8 +423,10 @@ class BaseCache:
         found, value, stamps = self._lookup(vkey, tags, skeys)
         if found:
             return value
-        if stamps is FAILED:
+        if stamps is FAILED or not store:
             return compute()
+        if not strict:
+            compute = self._lenient(compute)
         event = self._flights.join(vkey)
         if event is not None:
             self.stats.incr("singleflight_waits")
@@ -424,6 +439,21 @@ class BaseCache:
             return self._miss(vkey, tags, skeys, stamps, ttl_ms, compute, singleflight)
         finally:
             self._flights.leave(vkey)
+
+    def _lenient(self, compute: Callable[[], T]) -> Callable[[], T]:
+        """Wrap ``compute`` so that a value the codec cannot encode is not stored."""
+
+        def checked() -> Any:
+            value = compute()
+            try:
+                to_json(value)
+            except TypeError as exc:
+                self.stats.incr("bypassed")
+                logger.debug("relaycache: result not cached: %s", exc)
+                return _Unstorable(value)
+            return value
+
+        return checked  # type: ignore[return-value]
 
     def _lookup(self, vkey: str, tags: list[str], skeys: list[str]) -> tuple[bool, Any, Any]:
         fetched = self._guard(self._fetch, vkey, skeys)
@@ -464,6 +494,8 @@ class BaseCache:
         if None in stamps:
             stamps = self._guard(self._acquire_stamps, skeys)
         value = compute()
+        if type(value) is _Unstorable:
+            return value.value
         if stamps is FAILED:
             to_json(value)
         else:

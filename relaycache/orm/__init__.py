@@ -1,0 +1,1 @@
+"""The ORM layer: cached querysets and automatic invalidation. Needs Django settings."""

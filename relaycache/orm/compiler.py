@@ -1,0 +1,167 @@
+"""Row caching at the SQL compiler: Django builds results from cached rows itself.
+
+A cached query's compiler compiles once, derives the entry key from the SQL and its
+parameters and the tags from the tables it reads, and serves the database rows from
+the cache. Everything after the rows (converters, ``from_db_value``, model
+construction, ``select_related`` objects, ``values``/``values_list`` shapes) is
+Django's own code, so cached results are exactly the uncached ones.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.core.exceptions import EmptyResultSet
+from django.db.models.sql.constants import GET_ITERATOR_CHUNK_SIZE, MULTI, SINGLE
+from django.db.models.sql.query import Query
+
+from ..backends.base import BaseCache
+from ..codec import to_json
+from ..config import get_default_backend
+from ..keys import digest
+from .invalidation import (
+    can_store_inside_transaction,
+    database_tag,
+    dirty_tables,
+    namespace,
+    table_tag,
+)
+from .tables import Uncacheable, query_tables
+
+logger = logging.getLogger("relaycache.orm")
+
+computing: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "relaycache_orm_computing", default=False)
+"""True while a cached result is computed, so its inner queries are not cached twice."""
+
+_PREFETCH_EXTRA_PREFIX = "_prefetch_related_val_"
+_MAX_ANALYSES = 4096
+
+
+@dataclass(frozen=True)
+class CacheOptions:
+    """What ``.cached(...)`` was given."""
+
+    ttl: float | None = None
+    tags: tuple[str, ...] = ()
+    key: str | None = None
+    backend: BaseCache | None = None
+
+    @property
+    def cache(self) -> BaseCache:
+        return self.backend or get_default_backend()
+
+
+@dataclass
+class ReadPlan:
+    """How one compiled read goes through the cache."""
+
+    key: str
+    tags: list[str]
+    store: bool
+    tables: set[str] = field(default_factory=set)
+
+
+_analyses: dict[tuple[str, bool], set[str] | Uncacheable] = {}
+
+
+def _tables(query: Query, sql: str, allow_raw: bool) -> set[str]:
+    """:func:`query_tables`, memoised by SQL text: the same SQL reads the same tables."""
+    memo_key = (sql, allow_raw)
+    result = _analyses.get(memo_key)
+    if result is None:
+        try:
+            result = query_tables(query, allow_raw=allow_raw)
+        except Uncacheable as exc:
+            result = exc
+        if len(_analyses) >= _MAX_ANALYSES:
+            _analyses.clear()
+        _analyses[memo_key] = result
+    if isinstance(result, Uncacheable):
+        raise result
+    return result
+
+
+def _allows_extra(query: Query) -> bool:
+    """Django's own m2m prefetch adds an ``extra(select=...)`` naming a joined column."""
+    return bool(query.extra) and not query.extra_tables and all(
+        name.startswith(_PREFETCH_EXTRA_PREFIX) for name in query.extra)
+
+
+def plan_read(query: Query, connection: Any, sql: str, params: Any, shape: Any,
+              options: CacheOptions) -> ReadPlan:
+    """Key, tags and store policy for a compiled read; raises :class:`Uncacheable`."""
+    if query.explain_info is not None:
+        raise Uncacheable("explain() output is not cached")
+    allow_raw = bool(options.tags) or _allows_extra(query)
+    tables = _tables(query, sql, allow_raw)
+    using = connection.alias
+    dirty = dirty_tables(connection)
+    if dirty and ("*" in dirty or dirty & tables):
+        raise Uncacheable("a table it reads was written in this transaction")
+    try:
+        encoded_params = to_json(list(params))
+    except TypeError as exc:
+        raise Uncacheable(f"a parameter cannot be encoded: {exc}") from None
+    entry_digest = digest([namespace(using), sql, encoded_params, shape])
+    key = f"{options.key or 'orm'}:{entry_digest}"
+    tags = [database_tag(using), *(table_tag(t, using) for t in tables), *options.tags]
+    store = connection.get_autocommit() and not connection.in_atomic_block
+    store = store or can_store_inside_transaction(connection)
+    return ReadPlan(key=key, tags=tags, store=store, tables=tables)
+
+
+def note_uncacheable(options: CacheOptions, reason: Uncacheable, sql: str) -> None:
+    options.cache.stats.incr("bypassed")
+    logger.debug("relaycache: query not cached (%s): %s", reason, sql)
+
+
+class CachingCompilerMixin:
+    """Mixed into the database backend's ``SQLCompiler`` for cached querysets."""
+
+    query: Query
+    connection: Any
+    col_count: int
+    _relaycache_compiled: tuple[str, Any] | None = None
+
+    def as_sql(self, *args: Any, **kwargs: Any) -> tuple[str, Any]:
+        # execute_sql() compiles again after we compiled to derive the key: reuse it.
+        if not args and not kwargs and self._relaycache_compiled is not None:
+            return self._relaycache_compiled
+        return super().as_sql(*args, **kwargs)  # type: ignore[misc]
+
+    def execute_sql(self, result_type: Any = MULTI, chunked_fetch: bool = False,
+                    chunk_size: int = GET_ITERATOR_CHUNK_SIZE) -> Any:
+        parent = super().execute_sql  # type: ignore[misc]
+        options: CacheOptions | None = getattr(self.query, "relaycache_options", None)
+        if (options is None or chunked_fetch or computing.get()
+                or result_type not in (MULTI, SINGLE)):
+            return parent(result_type, chunked_fetch, chunk_size)
+        try:
+            sql, params = self.as_sql()
+        except EmptyResultSet:
+            return parent(result_type, chunked_fetch, chunk_size)
+        if not sql:
+            return parent(result_type, chunked_fetch, chunk_size)
+        self._relaycache_compiled = (sql, params)
+        try:
+            plan = plan_read(self.query, self.connection, sql, params,
+                             [result_type, self.col_count], options)
+        except Uncacheable as reason:
+            note_uncacheable(options, reason, sql)
+            return parent(result_type, chunked_fetch, chunk_size)
+
+        def fetch_rows() -> Any:
+            result = parent(result_type, False, chunk_size)
+            if result_type == SINGLE:
+                return None if result is None else list(result)
+            return [list(row) for chunk in result for row in chunk]
+
+        data = options.cache.get_or_set(plan.key, fetch_rows, ttl=options.ttl, tags=plan.tags,
+                                        store=plan.store, strict=False)
+        if result_type == SINGLE:
+            return None if data is None else tuple(data)
+        return [[tuple(row) for row in data]]

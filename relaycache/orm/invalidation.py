@@ -1,0 +1,155 @@
+"""Automatic invalidation: every SQL write on every connection replaces its tables' stamps.
+
+One database-level hook (an ``execute_wrapper`` on every connection) sees all writes:
+``save()``, ``update()``, ``bulk_*``, m2m changes, cascades, raw SQL, ``flush``,
+``loaddata`` and migrations alike, from cached querysets or not. In autocommit the
+write is committed when the statement returns, so its tables are invalidated at once;
+inside ``atomic`` they are marked dirty (this connection's reads of them bypass the
+cache) and invalidated by ``transaction.on_commit``, before the block returns.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from django.db import connections, transaction
+from django.db.backends.signals import connection_created
+
+from ..backends.base import BaseCache
+from ..config import get_default_backend
+from .sqlwrites import ALL_TABLES, written_tables
+
+DATABASE_NAMESPACES: dict[str, str] = {}
+"""Database alias -> invalidation namespace; aliases that share data (a primary and its
+replicas) map to one name, so a write through one invalidates reads through the other."""
+
+_extra_backends: weakref.WeakSet[BaseCache] = weakref.WeakSet()
+_lock = threading.Lock()
+
+
+def namespace(using: str) -> str:
+    return DATABASE_NAMESPACES.get(using, using)
+
+
+def table_tag(table: str, using: str = "default") -> str:
+    """The tag every cached query reading ``table`` through ``using`` carries."""
+    return f"table:{namespace(using)}:{table.lower()}"
+
+
+def database_tag(using: str = "default") -> str:
+    """Carried by every cached query of the database: invalidating it drops them all."""
+    return f"db:{namespace(using)}"
+
+
+def register_backend(backend: BaseCache) -> None:
+    """Make writes invalidate ``backend`` too (done for every ``cached(backend=...)``)."""
+    with _lock:
+        _extra_backends.add(backend)
+
+
+def orm_backends() -> list[BaseCache]:
+    default = get_default_backend()
+    with _lock:
+        extra = [b for b in _extra_backends if b is not default]
+    return [default, *extra]
+
+
+def write_tags(tables: Iterable[str], using: str) -> list[str]:
+    if frozenset(tables) >= ALL_TABLES:
+        return [database_tag(using)]
+    return [table_tag(t, using) for t in tables]
+
+
+def invalidate_tables(tables: Iterable[str], using: str = "default") -> None:
+    """Invalidate cached queries reading ``tables`` (``{"*"}``: the whole database)."""
+    tags = write_tags(tables, using)
+    for backend in orm_backends():
+        backend.invalidate(tags)
+
+
+# -- transactions ------------------------------------------------------------------
+
+class _TransactionState:
+    """Tables one connection has written in its current transaction."""
+
+    __slots__ = ("registered", "tables")
+
+    def __init__(self) -> None:
+        self.tables: set[str] = set()
+        self.registered: set[tuple[tuple[str, ...], frozenset[str]]] = set()
+
+
+_states: weakref.WeakKeyDictionary[Any, _TransactionState] = weakref.WeakKeyDictionary()
+
+
+def _state(connection: Any) -> _TransactionState:
+    state = _states.get(connection)
+    if state is None or not connection.in_atomic_block:
+        state = _states[connection] = _TransactionState()
+    return state
+
+
+def dirty_tables(connection: Any) -> set[str]:
+    """Tables written by this connection's open transaction (empty outside one)."""
+    if not connection.in_atomic_block:
+        _states.pop(connection, None)
+        return set()
+    state = _states.get(connection)
+    return state.tables if state is not None else set()
+
+
+def record_write(connection: Any, tables: frozenset[str]) -> None:
+    using = connection.alias
+    if not connection.in_atomic_block:
+        invalidate_tables(tables, using)
+        return
+    state = _state(connection)
+    state.tables.update(tables)
+    # One callback per savepoint level and table set: rolling back a savepoint drops
+    # the callbacks registered inside it, so an outer level registers its own.
+    mark = (tuple(connection.savepoint_ids), tables)
+    if mark not in state.registered:
+        state.registered.add(mark)
+        transaction.on_commit(functools.partial(invalidate_tables, tables, using), using=using)
+
+
+def can_store_inside_transaction(connection: Any) -> bool:
+    """Whether a miss read inside a transaction may be stored: only under READ
+    COMMITTED, where the read saw committed data as of its own start."""
+    if connection.vendor != "postgresql":
+        return False
+    from django.db.backends.postgresql.psycopg_any import IsolationLevel
+
+    level = getattr(connection, "isolation_level", IsolationLevel.READ_COMMITTED)
+    return level in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED)
+
+
+# -- the hook ---------------------------------------------------------------------
+
+_written_tables = functools.lru_cache(maxsize=4096)(written_tables)
+
+
+def _on_execute(execute: Callable[..., Any], sql: str, params: Any, many: bool,
+                context: dict[str, Any]) -> Any:
+    try:
+        return execute(sql, params, many, context)
+    finally:
+        tables = _written_tables(sql) if isinstance(sql, str) else ALL_TABLES
+        if tables:
+            record_write(context["connection"], tables)
+
+
+def install(connection: Any, **kwargs: Any) -> None:
+    """Add the write hook to ``connection`` (idempotent)."""
+    if _on_execute not in connection.execute_wrappers:
+        connection.execute_wrappers.append(_on_execute)
+
+
+def install_everywhere() -> None:
+    connection_created.connect(install, dispatch_uid="relaycache.orm.install")
+    for connection in connections.all(initialized_only=True):
+        install(connection)

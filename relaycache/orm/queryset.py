@@ -1,0 +1,240 @@
+"""``Model.objects.cached()``: the manager and queryset a model opts in with."""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from django.core.exceptions import EmptyResultSet, FieldError
+from django.db import NotSupportedError, connections, models
+from django.db.models import Count, Prefetch, prefetch_related_objects
+from django.db.models.sql.constants import MULTI
+from django.db.models.sql.query import Query
+
+from ..backends.base import BaseCache
+from ..keys import check_tags
+from .compiler import CacheOptions, CachingCompilerMixin, computing, note_uncacheable, plan_read
+from .invalidation import install_everywhere, register_backend
+from .tables import Uncacheable
+
+Q = TypeVar("Q", bound="CachedQuerySetMixin")
+
+_prefetch_options: contextvars.ContextVar[CacheOptions | None] = contextvars.ContextVar(
+    "relaycache_prefetch_options", default=None)
+
+_compiler_classes: dict[type, type] = {}
+_query_classes: dict[type, type] = {}
+
+
+def _caching_compiler(base: type) -> type:
+    cls = _compiler_classes.get(base)
+    if cls is None:
+        cls = _compiler_classes[base] = type(base.__name__, (CachingCompilerMixin, base), {})
+    return cls
+
+
+class CachedQueryMixin:
+    """Mixed into a queryset's ``Query`` once ``.cached()`` is called; clones keep it."""
+
+    relaycache_options: CacheOptions | None = None
+    compiler: str
+
+    def get_compiler(self, using: str | None = None, connection: Any = None,
+                     elide_empty: bool = True) -> Any:
+        if self.relaycache_options is None or self.compiler != "SQLCompiler":
+            return super().get_compiler(using, connection, elide_empty)  # type: ignore[misc]
+        if using:
+            connection = connections[using]
+        if connection is None:
+            raise ValueError("Need either using or connection")
+        compiler = _caching_compiler(connection.ops.compiler(self.compiler))
+        return compiler(self, connection, using, elide_empty)
+
+
+def _cached_query_class(base: type) -> type:
+    cls = _query_classes.get(base)
+    if cls is None:
+        cls = _query_classes[base] = type(f"Cached{base.__name__}", (CachedQueryMixin, base), {})
+    return cls
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """How a queryset's rows query would go through the cache (``qs.cache_info()``)."""
+
+    cached: bool
+    reason: str | None = None
+    key: str | None = None
+    tags: tuple[str, ...] = ()
+    store: bool = False
+
+
+class CachedQuerySetMixin:
+    """Adds ``cached()``/``nocache()`` to a ``QuerySet`` subclass."""
+
+    query: Query
+    db: str
+    _result_cache: Any
+    _prefetch_related_lookups: tuple[Any, ...]
+    _prefetch_done: bool
+
+    def cached(self: Q, ttl: float | None = None, tags: Iterable[str] | None = None,
+               key: str | None = None, backend: BaseCache | None = None) -> Q:
+        """A copy of this queryset whose evaluations go through the cache.
+
+        :param ttl: seconds (``None``: the backend's ``default_ttl``).
+        :param tags: extra tags, for :func:`relaycache.invalidate`; naming tags also
+            allows ``RawSQL``/``extra()`` fragments, which you then invalidate yourself.
+        :param key: a readable prefix for this queryset's entries (default ``"orm"``).
+        :param backend: the backend (``None``: the default backend).
+        """
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float))
+                                or ttl <= 0):
+            raise ValueError(f"ttl must be positive seconds or None, got {ttl!r}")
+        if key is not None and (not isinstance(key, str) or not key or len(key) > 200):
+            raise ValueError(f"key must be a non-empty str of at most 200 characters: {key!r}")
+        if backend is not None:
+            if not isinstance(backend, BaseCache):
+                raise TypeError(f"backend must be a relaycache backend, got {backend!r}")
+            register_backend(backend)
+        options = CacheOptions(ttl=ttl, tags=tuple(check_tags(tags or ())), key=key,
+                               backend=backend)
+        return self._with_cache_options(options)
+
+    def nocache(self: Q) -> Q:
+        """A copy of this queryset that always reads the database."""
+        return self._with_cache_options(None)
+
+    def _with_cache_options(self: Q, options: CacheOptions | None) -> Q:
+        clone = self._chain()  # type: ignore[attr-defined]
+        query = clone.query
+        if options is not None and not isinstance(query, CachedQueryMixin):
+            query.__class__ = _cached_query_class(type(query))
+        query.relaycache_options = options
+        return clone
+
+    @property
+    def cache_options(self) -> CacheOptions | None:
+        return getattr(self.query, "relaycache_options", None)
+
+    def cache_info(self) -> CacheInfo:
+        """Whether and how iterating this queryset is cached, without running it."""
+        options = self.cache_options
+        if options is None:
+            return CacheInfo(cached=False, reason="not marked with .cached()")
+        compiler = self.query.chain().get_compiler(self.db)
+        try:
+            sql, params = compiler.as_sql()
+        except EmptyResultSet:
+            return CacheInfo(cached=False, reason="matches nothing: no query runs")
+        try:
+            plan = plan_read(compiler.query, compiler.connection, sql, params,
+                             [MULTI, compiler.col_count], options)
+        except Uncacheable as reason:
+            return CacheInfo(cached=False, reason=str(reason))
+        return CacheInfo(cached=True, key=plan.key, tags=tuple(plan.tags), store=plan.store)
+
+    # -- results Django computes outside the rows query ------------------------------
+
+    def count(self) -> int:
+        options = self.cache_options
+        if options is None or self._result_cache is not None or computing.get():
+            return super().count()  # type: ignore[misc]
+        return self._cached_aggregate("count", {"relaycache_count": Count("*")},
+                                      super().count, options)  # type: ignore[misc]
+
+    def aggregate(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        options = self.cache_options
+        parent = super().aggregate  # type: ignore[misc]
+        if options is None or computing.get():
+            return parent(*args, **kwargs)
+        try:
+            named = {**{arg.default_alias: arg for arg in args}, **kwargs}
+        except (AttributeError, TypeError):
+            return parent(*args, **kwargs)  # Django raises its own error for these
+        return self._cached_aggregate("aggregate", named, lambda: parent(*args, **kwargs),
+                                      options)
+
+    def _cached_aggregate(self, kind: str, named: dict[str, Any], compute: Callable[[], Any],
+                          options: CacheOptions) -> Any:
+        """Cache an aggregation under the SQL of this queryset annotated with it: the
+        same SQL and tables as the aggregation, compiled once."""
+        try:
+            probe = self.annotate(**named)  # type: ignore[attr-defined]
+        except (NotSupportedError, FieldError, TypeError, ValueError):
+            if kind != "count":
+                note_uncacheable(options, Uncacheable(f"{kind}() of this query"), "")
+                return compute()
+            probe = self  # counting rows reads no table the query itself does not
+        compiler = probe.query.get_compiler(self.db)
+        try:
+            sql, params = compiler.as_sql()
+            plan = plan_read(compiler.query, compiler.connection, sql, params, [kind], options)
+        except EmptyResultSet:
+            return compute()
+        except Uncacheable as reason:
+            note_uncacheable(options, reason, sql)
+            return compute()
+
+        def run() -> Any:
+            token = computing.set(True)
+            try:
+                return compute()
+            finally:
+                computing.reset(token)
+
+        return options.cache.get_or_set(plan.key, run, ttl=options.ttl, tags=plan.tags,
+                                        store=plan.store, strict=False)
+
+    def _prefetch_related_objects(self) -> None:
+        # Django offers no public hook here. The related managers of models using
+        # CachedManager read _prefetch_options, and user Prefetch querysets of such
+        # models get the same options, so prefetches are cached like the main query.
+        options = self.cache_options
+        if options is None:
+            super()._prefetch_related_objects()  # type: ignore[misc]
+            return
+        lookups = [_cached_prefetch(lookup, options) for lookup in self._prefetch_related_lookups]
+        token = _prefetch_options.set(options)
+        try:
+            prefetch_related_objects(self._result_cache, *lookups)
+        finally:
+            _prefetch_options.reset(token)
+        self._prefetch_done = True
+
+
+def _cached_prefetch(lookup: Any, options: CacheOptions) -> Any:
+    if not isinstance(lookup, Prefetch):
+        return lookup
+    queryset = lookup.queryset
+    if not isinstance(queryset, CachedQuerySetMixin) or queryset.cache_options is not None:
+        return lookup
+    lookup = copy.copy(lookup)
+    lookup.queryset = queryset._with_cache_options(options)
+    return lookup
+
+
+class CachedQuerySet(CachedQuerySetMixin, models.QuerySet):
+    """A ``QuerySet`` with ``cached()``; subclass it for custom querysets."""
+
+
+class CachedManager(models.Manager.from_queryset(CachedQuerySet)):  # type: ignore[misc]
+    """``objects = CachedManager()``: ``Model.objects.cached()`` caches; plain
+    ``Model.objects`` querysets behave exactly like Django's.
+
+    For a custom queryset: ``CachedManager.from_queryset(MyQuerySet)()``, where
+    ``MyQuerySet`` subclasses :class:`CachedQuerySet`.
+    """
+
+    def get_queryset(self) -> Any:
+        queryset = super().get_queryset()
+        options = _prefetch_options.get()
+        if options is not None and isinstance(queryset, CachedQuerySetMixin):
+            queryset = queryset._with_cache_options(options)
+        return queryset
+
+
+install_everywhere()
