@@ -91,6 +91,25 @@ def _allows_extra(query: Query) -> bool:
         name.startswith(_PREFETCH_EXTRA_PREFIX) for name in query.extra)
 
 
+_SCALAR_BASES = (bool, int, float, str, bytes)
+
+
+def _param_data(param: Any) -> Any:
+    """A parameter as key data. Database adapters wrap some values (psycopg's ``Int4``
+    for ``Value(1)``, ``Jsonb`` for JSON lookups); the wrapper's type is part of the key
+    since it changes the SQL the database runs."""
+    try:
+        return to_json(param)
+    except TypeError:
+        kind = f"{type(param).__module__}.{type(param).__qualname__}"
+        for base in _SCALAR_BASES:
+            if isinstance(param, base):
+                return {"~param": [kind, to_json(base(param))]}
+        if hasattr(param, "obj"):
+            return {"~param": [kind, to_json(param.obj)]}
+        raise
+
+
 def plan_read(query: Query, connection: Any, sql: str, params: Any, shape: Any,
               options: CacheOptions) -> ReadPlan:
     """Key, tags and store policy for a compiled read; raises :class:`Uncacheable`."""
@@ -103,7 +122,7 @@ def plan_read(query: Query, connection: Any, sql: str, params: Any, shape: Any,
     if dirty and ("*" in dirty or dirty & tables):
         raise Uncacheable("a table it reads was written in this transaction")
     try:
-        encoded_params = to_json(list(params))
+        encoded_params = [_param_data(param) for param in params]
     except TypeError as exc:
         raise Uncacheable(f"a parameter cannot be encoded: {exc}") from None
     entry_digest = digest([namespace(using), sql, encoded_params, shape])
