@@ -8,6 +8,8 @@ class RelayCacheConfig(AppConfig):
     verbose_name = "RelayCache"
 
     def ready(self) -> None:
+        from .conf import apply_settings
         from .orm.invalidation import install_everywhere
 
+        apply_settings()
         install_everywhere()

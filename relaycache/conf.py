@@ -1,0 +1,108 @@
+"""The ``RELAYCACHE`` Django setting, turned into the default backend.
+
+    RELAYCACHE = {
+        "BACKEND": "redis://127.0.0.1:6379/0",   # or "memory", a dotted path, an instance
+        "DEFAULT_TTL": 3600,
+        "KEY_PREFIX": "rc:",
+        "OPTIONS": {"socket_timeout": 0.5},       # passed to the backend's constructor
+        "DATABASE_NAMESPACES": {"replica": "default"},
+    }
+
+Read when the app is ready and again whenever a test changes the setting.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django.utils.module_loading import import_string
+
+from .backends.base import BaseCache
+from .backends.memory import InMemoryCache
+from .backends.redis import RedisCache
+from .config import set_default_backend
+
+DEFAULTS: dict[str, Any] = {
+    "BACKEND": "memory",
+    "DEFAULT_TTL": 3600,
+    "KEY_PREFIX": "rc:",
+    "OPTIONS": {},
+    "DATABASE_NAMESPACES": {},
+}
+_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _user_settings() -> dict[str, Any]:
+    from django.conf import settings
+
+    value = getattr(settings, "RELAYCACHE", {})
+    if not isinstance(value, dict):
+        raise ImproperlyConfigured("RELAYCACHE must be a dict")
+    unknown = set(value) - set(DEFAULTS)
+    if unknown:
+        raise ImproperlyConfigured(
+            f"RELAYCACHE has unknown keys {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    return {**DEFAULTS, **value}
+
+
+def build_backend(config: dict[str, Any]) -> BaseCache:
+    """The backend ``config`` (``RELAYCACHE`` merged with defaults) describes."""
+    spec, ttl, prefix = config["BACKEND"], config["DEFAULT_TTL"], config["KEY_PREFIX"]
+    options = config["OPTIONS"]
+    if not isinstance(options, dict):
+        raise ImproperlyConfigured("RELAYCACHE['OPTIONS'] must be a dict")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float))
+                            or ttl <= 0):
+        raise ImproperlyConfigured(
+            f"RELAYCACHE['DEFAULT_TTL'] must be positive seconds or None, got {ttl!r}")
+    if not isinstance(prefix, str) or not prefix:
+        raise ImproperlyConfigured("RELAYCACHE['KEY_PREFIX'] must be a non-empty string")
+    common = {"default_ttl": ttl, "value_prefix": prefix, "meta_prefix": prefix + "meta:",
+              **options}
+    try:
+        if isinstance(spec, BaseCache):
+            return spec
+        if not isinstance(spec, str):
+            raise ImproperlyConfigured(
+                f"RELAYCACHE['BACKEND'] must be a URL, 'memory', a dotted path or a backend "
+                f"instance, got {type(spec).__qualname__}")
+        if spec == "memory":
+            return InMemoryCache(**common)
+        if spec.startswith(_URL_SCHEMES):
+            return RedisCache.from_url(spec, **common)
+        if "://" in spec:
+            raise ImproperlyConfigured(
+                f"RELAYCACHE['BACKEND'] URL scheme must be one of {_URL_SCHEMES}: {spec!r}")
+        target = import_string(spec)
+    except (TypeError, ValueError) as exc:
+        raise ImproperlyConfigured(f"RELAYCACHE: {exc}") from exc
+    except ImportError as exc:
+        raise ImproperlyConfigured(f"RELAYCACHE['BACKEND'] {spec!r}: {exc}") from exc
+    if isinstance(target, BaseCache):
+        return target
+    if isinstance(target, type) and issubclass(target, BaseCache):
+        return target(**common)
+    raise ImproperlyConfigured(f"RELAYCACHE['BACKEND'] {spec!r} is not a relaycache backend")
+
+
+def apply_settings() -> None:
+    """Configure the default backend and database namespaces from Django settings."""
+    from .orm.invalidation import DATABASE_NAMESPACES
+
+    config = _user_settings()
+    namespaces = config["DATABASE_NAMESPACES"]
+    if not isinstance(namespaces, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in namespaces.items()):
+        raise ImproperlyConfigured("RELAYCACHE['DATABASE_NAMESPACES'] must map str to str")
+    set_default_backend(build_backend(config))
+    DATABASE_NAMESPACES.clear()
+    DATABASE_NAMESPACES.update(namespaces)
+
+
+@receiver(setting_changed)
+def _reload(setting: str, **kwargs: Any) -> None:
+    if setting == "RELAYCACHE":
+        apply_settings()

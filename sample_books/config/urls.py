@@ -1,0 +1,11 @@
+from django.contrib import admin
+from django.urls import path
+
+from books import views
+
+urlpatterns = [
+    path("", views.genre_index, name="genre_index"),
+    path("genre/<slug:slug>/", views.book_list_view, name="book_list"),
+    path("admin/clear-cache/", views.clear_cache_api, name="clear_cache_api"),
+    path("admin/", admin.site.urls),
+]
