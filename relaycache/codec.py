@@ -175,6 +175,16 @@ def from_json(data: Any) -> Any:
 
 
 def _decode_marker(tag: str, inner: Any) -> Any:
+    try:
+        return _decode_known_marker(tag, inner)
+    except ValueError:
+        raise
+    except (TypeError, LookupError, AttributeError, ArithmeticError,
+            zoneinfo.ZoneInfoNotFoundError) as exc:
+        raise ValueError(f"malformed {tag!r} value in cached data: {exc}") from None
+
+
+def _decode_known_marker(tag: str, inner: Any) -> Any:
     if tag == "~t":
         return tuple(from_json(v) for v in inner)
     if tag == "~m":

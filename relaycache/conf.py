@@ -24,6 +24,7 @@ from .backends.base import BaseCache
 from .backends.memory import InMemoryCache
 from .backends.redis import RedisCache
 from .config import set_default_backend
+from .keys import check_ttl
 
 DEFAULTS: dict[str, Any] = {
     "BACKEND": "memory",
@@ -54,10 +55,10 @@ def build_backend(config: dict[str, Any]) -> BaseCache:
     options = config["OPTIONS"]
     if not isinstance(options, dict):
         raise ImproperlyConfigured("RELAYCACHE['OPTIONS'] must be a dict")
-    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float))
-                            or ttl <= 0):
-        raise ImproperlyConfigured(
-            f"RELAYCACHE['DEFAULT_TTL'] must be positive seconds or None, got {ttl!r}")
+    try:
+        check_ttl(ttl)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"RELAYCACHE['DEFAULT_TTL']: {exc}") from None
     if not isinstance(prefix, str) or not prefix:
         raise ImproperlyConfigured("RELAYCACHE['KEY_PREFIX'] must be a non-empty string")
     common = {"default_ttl": ttl, "value_prefix": prefix, "meta_prefix": prefix + "meta:",

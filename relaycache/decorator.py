@@ -9,7 +9,7 @@ from typing import Any, TypeVar, overload
 
 from .backends.base import BaseCache
 from .config import get_default_backend
-from .keys import call_arguments, check_key, check_tags, function_key
+from .keys import call_arguments, check_key, check_tags, check_ttl, function_key
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,43 +39,102 @@ def _argument_caller(spec: Callable[..., Any], func_sig: inspect.Signature
     return lambda bound: spec(*bound.args[:count])
 
 
-class _CachedCall:
-    """Everything ``@cache`` fixed at decoration time, shared by the wrappers."""
+class CachedFunction:
+    """What ``@cache`` returns: the function, plus ``cache_key()`` and ``delete()``.
+
+    A descriptor, so that on a method ``obj.method.cache_key(x)`` addresses the entry of
+    ``obj.method(x)`` (and ``Class.method.cache_key(obj, x)`` as well).
+    """
 
     def __init__(self, func: Callable[..., Any], ttl: float | None, backend: BaseCache | None,
                  tags: TagsSpec, key: KeySpec, singleflight: bool) -> None:
         if backend is not None and not isinstance(backend, BaseCache):
             raise TypeError(f"backend must be a relaycache backend, got {backend!r}")
-        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float))
-                                or ttl <= 0):
-            raise ValueError(f"ttl must be positive seconds or None, got {ttl!r}")
         if key is not None and not callable(key):
             raise TypeError("key must be a callable taking the function's arguments")
+        functools.update_wrapper(self, func)
         self.func = func
         self.signature = inspect.signature(func)
-        self.ttl = ttl
+        self.ttl = check_ttl(ttl)
         self.explicit_backend = backend
         self.singleflight = singleflight
-        self.key_of = _argument_caller(key, self.signature) if key is not None else None
+        self._key_of = _argument_caller(key, self.signature) if key is not None else None
         if callable(tags):
-            self.tags_of: Callable[[inspect.BoundArguments], Any] = _argument_caller(
+            self._tags_of: Callable[[inspect.BoundArguments], Any] = _argument_caller(
                 tags, self.signature)
         else:
             fixed = check_tags(tags or ())
-            self.tags_of = lambda bound: fixed
+            self._tags_of = lambda bound: fixed
 
     @property
     def backend(self) -> BaseCache:
         return self.explicit_backend or get_default_backend()
 
     def resolve(self, args: tuple, kwargs: dict) -> tuple[str, list[str]]:
+        """The key and tags of one call."""
         bound = self.signature.bind(*args, **kwargs)
         bound.apply_defaults()
-        if self.key_of is not None:
-            key = check_key(self.key_of(bound))
+        if self._key_of is not None:
+            key = check_key(self._key_of(bound))
         else:
             key = function_key(self.func, call_arguments(bound))
-        return key, check_tags(self.tags_of(bound))
+        return key, check_tags(self._tags_of(bound))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        key, tags = self.resolve(args, kwargs)
+        return self.backend.get_or_set(key, lambda: self.func(*args, **kwargs), ttl=self.ttl,
+                                       tags=tags, singleflight=self.singleflight)
+
+    async def acall(self, *args: Any, **kwargs: Any) -> Any:
+        """The call of an ``async def`` function: awaits the backend's async path."""
+        key, tags = self.resolve(args, kwargs)
+        return await self.backend.aget_or_set(
+            key, lambda: self.func(*args, **kwargs), ttl=self.ttl, tags=tags,
+            singleflight=self.singleflight)
+
+    def cache_key(self, *args: Any, **kwargs: Any) -> str:
+        """The key the result of this call is cached under."""
+        return self.resolve(args, kwargs)[0]
+
+    def delete(self, *args: Any, **kwargs: Any) -> None:
+        """Drop the cached result of this call only."""
+        self.backend.delete(self.resolve(args, kwargs)[0])
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        return self if instance is None else _Bound(self, instance)
+
+    def __repr__(self) -> str:
+        return f"<cached function {self.__qualname__}>"
+
+
+class _Bound:
+    """A cached function bound to an instance (or, for a classmethod, a class)."""
+
+    def __init__(self, function: CachedFunction, target: Any) -> None:
+        self.__func__ = function
+        self.__self__ = target
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__func__(self.__self__, *args, **kwargs)
+
+    def cache_key(self, *args: Any, **kwargs: Any) -> str:
+        return self.__func__.cache_key(self.__self__, *args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> None:
+        self.__func__.delete(self.__self__, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__func__, name)
+
+
+class _CachedClassMethod(classmethod):
+    """``@cache`` applied over ``@classmethod``: still a classmethod, binding the class
+    itself, whatever the Python version does with descriptors inside ``classmethod``."""
+
+    __func__: CachedFunction
+
+    def __get__(self, instance: Any, owner: type | None = None) -> _Bound:
+        return _Bound(self.__func__, owner if owner is not None else type(instance))
 
 
 @overload
@@ -102,40 +161,27 @@ def cache(func: Any = None, /, *, ttl: float | None = None, backend: BaseCache |
     :param distributed_singleflight: concurrent misses of one key in every process
         sharing the backend compute once (in-process misses always do).
 
-    ``None`` results are cached. The wrapper has ``cache_key(*args, **kwargs)`` and
+    ``None`` results are cached. The result has ``cache_key(*args, **kwargs)`` and
     ``delete(*args, **kwargs)`` to address the entry of one call.
     """
 
     def decorate(target: Any) -> Any:
-        if isinstance(target, (staticmethod, classmethod)):
-            return type(target)(decorate(target.__func__))
-        call = _CachedCall(target, ttl, backend, tags, key, distributed_singleflight)
+        if isinstance(target, staticmethod):
+            return staticmethod(decorate(target.__func__))
+        if isinstance(target, classmethod):
+            return _CachedClassMethod(decorate(target.__func__))
+        cached = CachedFunction(target, ttl, backend, tags, key, distributed_singleflight)
+        if not inspect.iscoroutinefunction(target):
+            return cached
 
-        if inspect.iscoroutinefunction(target):
-            @functools.wraps(target)
-            async def wrapper(*args: Any, **kwargs: Any) -> Any:
-                cache_key, cache_tags = call.resolve(args, kwargs)
-                return await call.backend.aget_or_set(
-                    cache_key, lambda: target(*args, **kwargs), ttl=call.ttl,
-                    tags=cache_tags, singleflight=call.singleflight)
-        else:
-            @functools.wraps(target)
-            def wrapper(*args: Any, **kwargs: Any) -> Any:
-                cache_key, cache_tags = call.resolve(args, kwargs)
-                return call.backend.get_or_set(
-                    cache_key, lambda: target(*args, **kwargs), ttl=call.ttl,
-                    tags=cache_tags, singleflight=call.singleflight)
+        # A real coroutine function, so inspect.iscoroutinefunction() still says so (an
+        # object cannot on Python 3.11); on methods, pass the instance to its helpers.
+        @functools.wraps(target)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return await cached.acall(*args, **kwargs)
 
-        def cache_key(*args: Any, **kwargs: Any) -> str:
-            """The key this call's result is cached under."""
-            return call.resolve(args, kwargs)[0]
-
-        def delete(*args: Any, **kwargs: Any) -> None:
-            """Drop the cached result of this call only."""
-            call.backend.delete(call.resolve(args, kwargs)[0])
-
-        wrapper.cache_key = cache_key  # type: ignore[attr-defined]
-        wrapper.delete = delete  # type: ignore[attr-defined]
+        wrapper.cache_key = cached.cache_key  # type: ignore[attr-defined]
+        wrapper.delete = cached.delete  # type: ignore[attr-defined]
         return wrapper
 
     if func is not None:

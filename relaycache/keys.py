@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -104,3 +105,13 @@ def check_tags(tags: Iterable[Any]) -> list[str]:
             raise ValueError(f"tags must have 1 to {MAX_TAG_LENGTH} characters: {tag[:40]!r}")
         result.add(tag)
     return sorted(result)
+
+
+def check_ttl(ttl: Any) -> float | None:
+    """A ttl is positive, finite seconds, or ``None`` (the default)."""
+    if ttl is None:
+        return None
+    if (isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl)
+            or ttl <= 0):
+        raise ValueError(f"ttl must be positive, finite seconds or None, got {ttl!r}")
+    return ttl

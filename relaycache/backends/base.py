@@ -24,7 +24,7 @@ import orjson
 
 from ..breaker import CircuitBreaker
 from ..codec import from_json, may_hold_markers, to_json
-from ..keys import check_key, check_tags
+from ..keys import check_key, check_tags, check_ttl
 from ..stats import Stats
 
 logger = logging.getLogger("relaycache")
@@ -119,8 +119,7 @@ class BaseCache:
         max_entry_size: int = 1024 * 1024,
         breaker: CircuitBreaker | None = None,
     ) -> None:
-        if default_ttl is not None and default_ttl <= 0:
-            raise ValueError("default_ttl must be positive seconds or None")
+        check_ttl(default_ttl)
         if not value_prefix or not meta_prefix or value_prefix == meta_prefix:
             raise ValueError("value_prefix and meta_prefix must be distinct and non-empty")
         if meta_prefix.startswith(value_prefix):
@@ -139,7 +138,8 @@ class BaseCache:
         self.stats = Stats()
         self._flights = _LocalFlights()
         self._aflights = _AsyncLocalFlights()
-        self._pending: set[str] = set()
+        self._pending: set[str] = set()  # tags whose invalidation is undelivered
+        self._pending_deletes: set[str] = set()  # entry keys whose delete is undelivered
         self._pending_lock = threading.Lock()
         self._retry_thread: threading.Thread | None = None
         self.invalidation_listeners: list[Callable[[list[str]], None]] = []
@@ -216,13 +216,10 @@ class BaseCache:
         return f"{self.meta_prefix}l:{key}"
 
     def _ttl_ms(self, ttl: float | None) -> int | None:
+        ttl = check_ttl(ttl)
         if ttl is None:
             ttl = self.default_ttl
-        if ttl is None:
-            return None
-        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0:
-            raise ValueError(f"ttl must be positive seconds or None, got {ttl!r}")
-        return max(1, int(ttl * 1000))
+        return None if ttl is None else max(1, int(ttl * 1000))
 
     # -- guarded calls --------------------------------------------------------------
 
@@ -256,9 +253,9 @@ class BaseCache:
 
     def _usable(self) -> bool:
         """Reads are served only when no invalidation of ours is still undelivered."""
-        if self._pending:
+        if self._pending or self._pending_deletes:
             self._deliver_pending()
-        if self._pending:
+        if self._pending or self._pending_deletes:
             self.stats.incr("bypassed")
             return False
         return True
@@ -323,8 +320,11 @@ class BaseCache:
         return self._store_entry(vkey, tags, skeys, stamps, value, ttl_ms)
 
     def delete(self, key: str) -> None:
-        """Drop one entry (other entries under its tags stay valid)."""
-        self._guard(self._delete, self.value_key(key))
+        """Drop one entry (other entries under its tags stay valid); retried like an
+        invalidation if the backend cannot be reached."""
+        with self._pending_lock:
+            self._pending_deletes.add(self.value_key(key))
+        self._deliver_pending()
 
     def clear(self) -> None:
         """Remove every key under this cache's prefixes, and nothing else."""
@@ -372,17 +372,23 @@ class BaseCache:
             self._pending.difference_update(delivered)
 
     def _deliver_pending(self) -> bool:
+        """Deliver undelivered invalidations and deletes; ``False`` if some remain."""
         with self._pending_lock:
-            batch = sorted(self._pending)
-        if not batch:
-            return True
-        if self._guard(self._replace_stamps, self.stamp_keys(batch)) is FAILED:
-            logger.error("relaycache: invalidation of %d tag(s) not delivered yet; retrying",
-                         len(batch))
-            self._schedule_retry()
-            return False
+            batch, deletes = sorted(self._pending), sorted(self._pending_deletes)
+        if batch and self._guard(self._replace_stamps, self.stamp_keys(batch)) is FAILED:
+            return self._retry_later(len(batch) + len(deletes))
         self._forget_pending(batch)
+        for vkey in deletes:
+            if self._guard(self._delete, vkey) is FAILED:
+                return self._retry_later(len(deletes))
+            with self._pending_lock:
+                self._pending_deletes.discard(vkey)
         return True
+
+    def _retry_later(self, count: int) -> bool:
+        logger.error("relaycache: %d invalidation(s) not delivered yet; retrying", count)
+        self._schedule_retry()
+        return False
 
     def _schedule_retry(self) -> None:
         with self._pending_lock:
@@ -395,7 +401,7 @@ class BaseCache:
 
     def _retry_loop(self) -> None:
         delay = 0.05
-        while self._pending:
+        while self._pending or self._pending_deletes:
             time.sleep(delay)
             self.stats.incr("invalidations_retried")
             if self._deliver_pending():

@@ -52,16 +52,21 @@ def _current_stamps(previous: list[Any], tokens: list[str]) -> list[str]:
 def _bounded_client(client: redis.Redis, socket_timeout: float) -> redis.Redis:
     """A client on the same server whose calls cannot hang: the cache must fail fast.
 
-    The caller's client is left untouched (it stays ``redis_client``); only a plain
-    connection pool is cloned, since Sentinel pools resolve their master themselves.
+    It also never decodes replies, so a non-UTF-8 garbage entry is a corrupt entry
+    (a miss), not a ``UnicodeDecodeError``. The caller's client is left untouched (it
+    stays ``redis_client``); only a plain connection pool is cloned, since Sentinel
+    pools resolve their master themselves.
     """
     pool = client.connection_pool
     if type(pool) is not redis.ConnectionPool:
         return client
     kwargs = dict(pool.connection_kwargs)
-    kwargs["socket_timeout"] = kwargs.get("socket_timeout") or socket_timeout
-    kwargs["socket_connect_timeout"] = kwargs.get("socket_connect_timeout") or socket_timeout
+    for name in ("socket_timeout", "socket_connect_timeout", "orig_socket_timeout",
+                 "orig_socket_connect_timeout"):
+        if name in kwargs or not name.startswith("orig_"):
+            kwargs[name] = socket_timeout
     kwargs["retry"] = Retry(NoBackoff(), 1)
+    kwargs["decode_responses"] = False
     new_pool = redis.ConnectionPool(connection_class=pool.connection_class,
                                     max_connections=pool.max_connections, **kwargs)
     return redis.Redis(connection_pool=new_pool)
@@ -92,12 +97,14 @@ class RedisCache(BaseCache):
     :param client: a ``redis.Redis`` (``decode_responses`` either way, from a URL or a
         Sentinel ``master_for``) or a ``redis.cluster.RedisCluster``. It is kept as
         :attr:`redis_client`; cache calls run on a clone with bounded timeouts.
-    :param socket_timeout: seconds a cache call may wait on Redis when the client sets
-        no timeout of its own.
+    :param socket_timeout: seconds a cache call may wait on Redis (connect or reply),
+        whatever the client's own timeouts: a slow cache must cost little.
     Other options are :class:`~relaycache.backends.base.BaseCache`'s.
     """
 
-    errors = (redis.RedisError, OSError)
+    # UnicodeDecodeError: garbage read through a client that decodes replies (the
+    # Sentinel and Cluster clients are used as given).
+    errors = (redis.RedisError, OSError, UnicodeDecodeError)
 
     def __init__(self, client: redis.Redis | RedisCluster, default_ttl: float | None = 3600,
                  *, socket_timeout: float = 0.5, **options: Any) -> None:

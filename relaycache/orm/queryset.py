@@ -15,7 +15,7 @@ from django.db.models.sql.constants import MULTI
 from django.db.models.sql.query import Query
 
 from ..backends.base import BaseCache
-from ..keys import check_tags
+from ..keys import check_tags, check_ttl
 from .compiler import CacheOptions, CachingCompilerMixin, computing, note_uncacheable, plan_read
 from .invalidation import install_everywhere, register_backend
 from .tables import Uncacheable
@@ -91,9 +91,7 @@ class CachedQuerySetMixin:
         :param key: a readable prefix for this queryset's entries (default ``"orm"``).
         :param backend: the backend (``None``: the default backend).
         """
-        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float))
-                                or ttl <= 0):
-            raise ValueError(f"ttl must be positive seconds or None, got {ttl!r}")
+        check_ttl(ttl)
         if key is not None and (not isinstance(key, str) or not key or len(key) > 200):
             raise ValueError(f"key must be a non-empty str of at most 200 characters: {key!r}")
         if backend is not None:

@@ -19,12 +19,18 @@ class Command(BaseCommand):
         parser.add_argument("--publishers", type=int, default=200)
         parser.add_argument("--seed", type=int, default=1, help="random seed (repeatable)")
         parser.add_argument("--no-progress", action="store_true")
+        parser.add_argument("--append", action="store_true",
+                            help="add data even if the database already has books")
 
-    def handle(self, *args, books, genres, publishers, seed, no_progress, **options):
+    def handle(self, *args, books, genres, publishers, seed, no_progress, append, **options):
         if books < 0 or genres < 1 or publishers < 1:
             raise CommandError("--books must be >= 0, --genres and --publishers >= 1")
+        if Book.objects.exists() and not append:
+            self.stdout.write("The database already has books; pass --append to add more.")
+            return
         random.seed(seed)
         BookFactory.reset_sequence(Book.objects.count())
+        GenreFactory.reset_sequence(Genre.objects.count())
         with transaction.atomic():
             genre_objs = Genre.objects.bulk_create(GenreFactory.build_batch(genres))
             publisher_objs = Publisher.objects.bulk_create(
