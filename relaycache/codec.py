@@ -72,10 +72,10 @@ def _b64(v: bytes | memoryview) -> str:
     return base64.b64encode(v).decode("ascii")
 
 
-# tag -> (type, encoder to JSON-able data, decoder from it). Containers are handled by
-# the walkers below because their items need walking too.
+# tag -> (type, encoder to JSON-able data, decoder from it); the ORM's row format uses
+# it too. Containers are handled by the walkers below: their items need walking.
 _Codec = tuple[type, Callable[[Any], Any], Callable[[Any], Any]]
-_SCALARS: dict[str, _Codec] = {
+SCALAR_TYPES: dict[str, _Codec] = {
     "dt": (dt.datetime, _enc_datetime, _dec_datetime),
     "d": (dt.date, lambda v: v.isoformat(), dt.date.fromisoformat),
     "tm": (dt.time, _enc_time, _dec_time),
@@ -93,10 +93,10 @@ _SCALARS: dict[str, _Codec] = {
     "f": (float, repr, float),
 }
 _ENCODERS: dict[type, tuple[str, Callable[[Any], Any]]] = {
-    typ: (tag, enc) for tag, (typ, enc, _) in _SCALARS.items() if typ not in (int, float)
+    typ: (tag, enc) for tag, (typ, enc, _) in SCALAR_TYPES.items() if typ not in (int, float)
 }
 _DECODERS: dict[str, Callable[[Any], Any]] = {
-    _MARK + tag: dec for tag, (_, _, dec) in _SCALARS.items()
+    _MARK + tag: dec for tag, (_, _, dec) in SCALAR_TYPES.items()
 }
 _USER_TYPES: dict[type, tuple[str, Callable[[Any], Any]]] = {}
 

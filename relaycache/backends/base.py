@@ -58,6 +58,42 @@ def new_token() -> str:
     return os.urandom(8).hex()
 
 
+class _Undelivered:
+    """Writes (tag invalidations, entry deletes) that have not reached the backend.
+
+    Each addition gets a new generation, and a delivery forgets only what it sent: an
+    invalidation of the same tag requested while a delivery was in flight may be newer
+    than that delivery, so it stays until it is delivered itself.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._generation = 0
+        self.tags: dict[str, int] = {}
+        self.keys: dict[str, int] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.tags or self.keys)
+
+    def add(self, tags: Iterable[str] = (), keys: Iterable[str] = ()) -> None:
+        with self._lock:
+            self._generation += 1
+            self.tags.update(dict.fromkeys(tags, self._generation))
+            self.keys.update(dict.fromkeys(keys, self._generation))
+
+    def snapshot(self) -> tuple[dict[str, int], dict[str, int]]:
+        with self._lock:
+            return dict(self.tags), dict(self.keys)
+
+    def forget(self, tags: dict[str, int] | None = None, keys: dict[str, int] | None = None
+               ) -> None:
+        with self._lock:
+            for sent, pending in ((tags or {}, self.tags), (keys or {}, self.keys)):
+                for name, generation in sent.items():
+                    if pending.get(name) == generation:
+                        del pending[name]
+
+
 class _LocalFlights:
     """In-process singleflight: the first caller of a key computes, the others wait."""
 
@@ -138,9 +174,8 @@ class BaseCache:
         self.stats = Stats()
         self._flights = _LocalFlights()
         self._aflights = _AsyncLocalFlights()
-        self._pending: set[str] = set()  # tags whose invalidation is undelivered
-        self._pending_deletes: set[str] = set()  # entry keys whose delete is undelivered
-        self._pending_lock = threading.Lock()
+        self._pending = _Undelivered()
+        self._retry_lock = threading.Lock()
         self._retry_thread: threading.Thread | None = None
         self.invalidation_listeners: list[Callable[[list[str]], None]] = []
 
@@ -253,9 +288,9 @@ class BaseCache:
 
     def _usable(self) -> bool:
         """Reads are served only when no invalidation of ours is still undelivered."""
-        if self._pending or self._pending_deletes:
+        if self._pending:
             self._deliver_pending()
-        if self._pending or self._pending_deletes:
+        if self._pending:
             self.stats.incr("bypassed")
             return False
         return True
@@ -322,8 +357,7 @@ class BaseCache:
     def delete(self, key: str) -> None:
         """Drop one entry (other entries under its tags stay valid); retried like an
         invalidation if the backend cannot be reached."""
-        with self._pending_lock:
-            self._pending_deletes.add(self.value_key(key))
+        self._pending.add(keys=[self.value_key(key)])
         self._deliver_pending()
 
     def clear(self) -> None:
@@ -340,8 +374,7 @@ class BaseCache:
         if not tags:
             return
         self.stats.incr("invalidations")
-        with self._pending_lock:
-            self._pending.update(tags)
+        self._pending.add(tags=tags)
         self._deliver_pending()
         for listener in self.invalidation_listeners:
             listener(tags)
@@ -351,38 +384,31 @@ class BaseCache:
         if not tags:
             return
         self.stats.incr("invalidations")
-        with self._pending_lock:
-            self._pending.update(tags)
-            batch = sorted(self._pending)
-        if await self._aguard(self._areplace_stamps, self.stamp_keys(batch)) is FAILED:
+        self._pending.add(tags=tags)
+        batch, _ = self._pending.snapshot()
+        if await self._aguard(self._areplace_stamps, self.stamp_keys(sorted(batch))) is FAILED:
             self._schedule_retry()
         else:
-            self._forget_pending(batch)
+            self._pending.forget(tags=batch)
         for listener in self.invalidation_listeners:
             listener(tags)
 
     @property
     def pending_invalidations(self) -> list[str]:
         """Tags whose invalidation has not reached the backend yet."""
-        with self._pending_lock:
-            return sorted(self._pending)
-
-    def _forget_pending(self, delivered: list[str]) -> None:
-        with self._pending_lock:
-            self._pending.difference_update(delivered)
+        return sorted(self._pending.snapshot()[0])
 
     def _deliver_pending(self) -> bool:
         """Deliver undelivered invalidations and deletes; ``False`` if some remain."""
-        with self._pending_lock:
-            batch, deletes = sorted(self._pending), sorted(self._pending_deletes)
-        if batch and self._guard(self._replace_stamps, self.stamp_keys(batch)) is FAILED:
-            return self._retry_later(len(batch) + len(deletes))
-        self._forget_pending(batch)
-        for vkey in deletes:
+        tags, keys = self._pending.snapshot()
+        if tags:
+            if self._guard(self._replace_stamps, self.stamp_keys(sorted(tags))) is FAILED:
+                return self._retry_later(len(tags) + len(keys))
+            self._pending.forget(tags=tags)
+        for vkey, generation in keys.items():
             if self._guard(self._delete, vkey) is FAILED:
-                return self._retry_later(len(deletes))
-            with self._pending_lock:
-                self._pending_deletes.discard(vkey)
+                return self._retry_later(len(keys))
+            self._pending.forget(keys={vkey: generation})
         return True
 
     def _retry_later(self, count: int) -> bool:
@@ -391,7 +417,7 @@ class BaseCache:
         return False
 
     def _schedule_retry(self) -> None:
-        with self._pending_lock:
+        with self._retry_lock:
             if self._retry_thread is not None and self._retry_thread.is_alive():
                 return
             self._retry_thread = threading.Thread(
@@ -401,7 +427,7 @@ class BaseCache:
 
     def _retry_loop(self) -> None:
         delay = 0.05
-        while self._pending or self._pending_deletes:
+        while self._pending:
             time.sleep(delay)
             self.stats.incr("invalidations_retried")
             if self._deliver_pending():

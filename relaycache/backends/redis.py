@@ -9,7 +9,7 @@ from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
-from redis.cluster import RedisCluster
+from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
 from .base import BaseCache, Stamps, new_token
@@ -72,6 +72,17 @@ def _bounded_client(client: redis.Redis, socket_timeout: float) -> redis.Redis:
     return redis.Redis(connection_pool=new_pool)
 
 
+def _bounded_cluster(client: RedisCluster, socket_timeout: float) -> RedisCluster:
+    """:func:`_bounded_client` for a Cluster: a client on the same nodes, with bounded
+    timeouts, no reply decoding and no retry (it would multiply the timeout)."""
+    kwargs = {k: v for k, v in client.get_connection_kwargs().items()
+              if k not in ("host", "port", "retry") and not k.startswith(("orig_", "maint_"))}
+    kwargs.update(socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout,
+                  decode_responses=False)
+    nodes = [ClusterNode(node.host, node.port) for node in client.get_nodes()]
+    return RedisCluster(startup_nodes=nodes, retry=Retry(NoBackoff(), 0), **kwargs)
+
+
 def _async_client(client: redis.Redis) -> Any:
     """An asyncio client for the same server, or ``None`` if it cannot be derived."""
     import redis.asyncio as aredis
@@ -102,8 +113,8 @@ class RedisCache(BaseCache):
     Other options are :class:`~relaycache.backends.base.BaseCache`'s.
     """
 
-    # UnicodeDecodeError: garbage read through a client that decodes replies (the
-    # Sentinel and Cluster clients are used as given).
+    # UnicodeDecodeError: garbage read through a client that decodes replies (a
+    # Sentinel client is used as given).
     errors = (redis.RedisError, OSError, UnicodeDecodeError)
 
     def __init__(self, client: redis.Redis | RedisCluster, default_ttl: float | None = 3600,
@@ -115,7 +126,8 @@ class RedisCache(BaseCache):
         super().__init__(default_ttl=default_ttl, **options)
         self.redis_client = client
         self.is_cluster = isinstance(client, RedisCluster)
-        self._client = client if self.is_cluster else _bounded_client(client, socket_timeout)
+        self._client = (_bounded_cluster(client, socket_timeout) if self.is_cluster
+                        else _bounded_client(client, socket_timeout))
         self._store_script = None if self.is_cluster else self._client.register_script(
             _STORE_IF_CURRENT)
         self._release_script = self._client.register_script(_RELEASE_LEASE)
@@ -130,6 +142,14 @@ class RedisCache(BaseCache):
     def __repr__(self) -> str:
         kind = "cluster" if self.is_cluster else "redis"
         return f"<RedisCache {kind} value_prefix={self.value_prefix!r}>"
+
+    def stamp_keys(self, tags: list[str]) -> list[str]:
+        if not self.is_cluster:
+            return super().stamp_keys(tags)
+        # One hash slot for every stamp: a hit is then two MGETs (the entry's slot and
+        # the stamps'), whatever the number of tags, and an invalidation one node's
+        # pipeline. The price: every hit reads the stamps' node.
+        return [f"{self.meta_prefix}{{t}}:{tag}" for tag in tags]
 
     # -- sync primitives -------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from .invalidation import (
     namespace,
     table_tag,
 )
+from .rows import ROWS_FORMAT, pack_rows, unpack_rows
 from .tables import Uncacheable, query_tables
 
 logger = logging.getLogger("relaycache.orm")
@@ -49,6 +50,7 @@ class CacheOptions:
     tags: tuple[str, ...] = ()
     key: str | None = None
     backend: BaseCache | None = None
+    singleflight: bool = False
 
     @property
     def cache(self) -> BaseCache:
@@ -125,7 +127,7 @@ def plan_read(query: Query, connection: Any, sql: str, params: Any, shape: Any,
         encoded_params = [_param_data(param) for param in params]
     except TypeError as exc:
         raise Uncacheable(f"a parameter cannot be encoded: {exc}") from None
-    entry_digest = digest([namespace(using), sql, encoded_params, shape])
+    entry_digest = digest([ROWS_FORMAT, namespace(using), sql, encoded_params, shape])
     key = f"{options.key or 'orm'}:{entry_digest}"
     tags = [database_tag(using), *(table_tag(t, using) for t in tables), *options.tags]
     store = connection.get_autocommit() and not connection.in_atomic_block
@@ -176,11 +178,23 @@ class CachingCompilerMixin:
         def fetch_rows() -> Any:
             result = parent(result_type, False, chunk_size)
             if result_type == SINGLE:
-                return None if result is None else list(result)
-            return [list(row) for chunk in result for row in chunk]
+                rows = [] if result is None else [list(result)]
+            else:
+                rows = [list(row) for chunk in result for row in chunk]
+            try:
+                return pack_rows(rows)
+            except TypeError:
+                return [None, rows]  # not encodable: get_or_set returns it unstored
 
         data = options.cache.get_or_set(plan.key, fetch_rows, ttl=options.ttl, tags=plan.tags,
-                                        store=plan.store, strict=False)
+                                        singleflight=options.singleflight, store=plan.store,
+                                        strict=False)
+        try:
+            rows = unpack_rows(data)
+        except (ValueError, TypeError, LookupError) as exc:
+            options.cache.stats.incr("corrupt")
+            logger.warning("relaycache: unreadable cached rows, querying instead: %s", exc)
+            return parent(result_type, chunked_fetch, chunk_size)
         if result_type == SINGLE:
-            return None if data is None else tuple(data)
-        return [[tuple(row) for row in data]]
+            return rows[0] if rows else None
+        return [rows]

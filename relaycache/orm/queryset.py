@@ -82,7 +82,8 @@ class CachedQuerySetMixin:
     _prefetch_done: bool
 
     def cached(self: Q, ttl: float | None = None, tags: Iterable[str] | None = None,
-               key: str | None = None, backend: BaseCache | None = None) -> Q:
+               key: str | None = None, backend: BaseCache | None = None,
+               singleflight: bool = False) -> Q:
         """A copy of this queryset whose evaluations go through the cache.
 
         :param ttl: seconds (``None``: the backend's ``default_ttl``).
@@ -90,6 +91,8 @@ class CachedQuerySetMixin:
             allows ``RawSQL``/``extra()`` fragments, which you then invalidate yourself.
         :param key: a readable prefix for this queryset's entries (default ``"orm"``).
         :param backend: the backend (``None``: the default backend).
+        :param singleflight: concurrent misses of one query in every process sharing the
+            backend run it once (a lease in Redis; in-process misses always do).
         """
         check_ttl(ttl)
         if key is not None and (not isinstance(key, str) or not key or len(key) > 200):
@@ -99,7 +102,7 @@ class CachedQuerySetMixin:
                 raise TypeError(f"backend must be a relaycache backend, got {backend!r}")
             register_backend(backend)
         options = CacheOptions(ttl=ttl, tags=tuple(check_tags(tags or ())), key=key,
-                               backend=backend)
+                               backend=backend, singleflight=bool(singleflight))
         return self._with_cache_options(options)
 
     def nocache(self: Q) -> Q:
@@ -185,7 +188,8 @@ class CachedQuerySetMixin:
                 computing.reset(token)
 
         return options.cache.get_or_set(plan.key, run, ttl=options.ttl, tags=plan.tags,
-                                        store=plan.store, strict=False)
+                                        singleflight=options.singleflight, store=plan.store,
+                                        strict=False)
 
     def _prefetch_related_objects(self) -> None:
         # Django offers no public hook here. The related managers of models using

@@ -1,0 +1,331 @@
+"""Invariants 2, 4 and 5 of DESIGN.md measured on real redis-server processes.
+
+Round trips and invalidation cost are read from the server's own ``INFO commandstats``
+on a dedicated server, so nothing else can add to the counts; the race and
+``decode_responses`` tests run against ``RELAYCACHE_TEST_REDIS_URL`` with a prefix of
+their own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import threading
+import time
+import uuid
+from decimal import Decimal
+
+import pytest
+import redis
+
+from relaycache import RedisCache, cache, invalidate
+from tests.servers import command_stats, reset_stats
+
+pytest_plugins = ("tests.servers",)
+pytestmark = pytest.mark.real_redis
+
+MISS = object()
+
+
+def _prefix() -> str:
+    return f"inv{uuid.uuid4().hex[:10]}:"
+
+
+def _backend(client: redis.Redis, prefix: str, **options) -> RedisCache:
+    return RedisCache(client, value_prefix=prefix, meta_prefix=prefix + "meta:", **options)
+
+
+def _data_commands(stats: dict[str, int]) -> dict[str, int]:
+    """Commands the cache issued: everything but the INFO/CONFIG the test sent."""
+    return {name: calls for name, calls in stats.items()
+            if name != "info" and not name.startswith("config")}
+
+
+def _own_keys(client: redis.Redis, prefix: str) -> list[str]:
+    keys = (k.decode() if isinstance(k, bytes) else k for k in client.scan_iter(count=1000))
+    return sorted(k for k in keys if k.startswith(prefix))
+
+
+# -- invariant 4: one round trip per hit -----------------------------------------------
+
+
+def _tagged_lookup(backend: RedisCache, tag_count: int, calls: list[int]):
+    @cache(backend=backend, tags=lambda n: [f"tag{i}:{n}" for i in range(tag_count)],
+           key=lambda n: f"lookup{tag_count}:{n}")
+    def lookup(n):
+        calls.append(n)
+        return {"n": n, "tags": tag_count}
+
+    return lookup
+
+
+def test_a_hit_is_exactly_one_mget_whatever_the_number_of_tags(redis_server):
+    admin = redis_server.client()
+    backend = _backend(redis.Redis(host="127.0.0.1", port=redis_server.port), _prefix())
+    hits = 40
+    per_hit: dict[int, dict[str, float]] = {}
+    for tag_count in (1, 5, 20):
+        calls: list[int] = []
+        lookup = _tagged_lookup(backend, tag_count, calls)
+        assert lookup(7) == {"n": 7, "tags": tag_count}  # miss: computed and stored
+        assert lookup(7) == {"n": 7, "tags": tag_count}  # first hit: connection is warm
+        assert calls == [7]
+
+        reset_stats(admin)
+        for _ in range(hits):
+            assert lookup(7) == {"n": 7, "tags": tag_count}
+        commands = _data_commands(command_stats(admin))
+        keyspace = admin.info("stats")
+
+        assert calls == [7], "a hit must not run the function"
+        assert commands == {"mget": hits}, (
+            f"{hits} hits with {tag_count} tags issued {commands}, expected only "
+            f"{hits} MGET")
+        # The one MGET read the entry AND every tag stamp: all 1 + tag_count keys found.
+        assert keyspace["keyspace_hits"] == hits * (1 + tag_count)
+        assert keyspace["keyspace_misses"] == 0
+        per_hit[tag_count] = {name: n / hits for name, n in commands.items()}
+
+    print(f"\ncommands per hit by tag count: {per_hit}")
+    assert per_hit == {1: {"mget": 1.0}, 5: {"mget": 1.0}, 20: {"mget": 1.0}}
+
+
+# -- invariant 5: invalidation is O(tags) ----------------------------------------------
+
+
+def _invalidation_cost(server, entries: int) -> dict[str, int]:
+    admin = server.client()
+    admin.flushdb()
+    prefix = _prefix()
+    backend = _backend(redis.Redis(host="127.0.0.1", port=server.port), prefix)
+    for i in range(entries):
+        assert backend.set(f"e{i}", {"i": i}, tags=["bulk"]), f"entry {i} not stored"
+    assert admin.dbsize() == entries + 1, "expected the entries plus ONE stamp, no index"
+    sample = random.Random(entries).sample(range(entries), 200)
+    assert all(backend.get(f"e{i}", MISS, tags=["bulk"]) == {"i": i} for i in sample)
+
+    reset_stats(admin)
+    invalidate(tags=["bulk"], backend=backend)
+    cost = _data_commands(command_stats(admin))
+
+    assert backend.pending_invalidations == []
+    # Every entry misses now, in this process and in any other one.
+    other = _backend(redis.Redis(host="127.0.0.1", port=server.port), prefix)
+    for cache_ in (backend, other):
+        assert [i for i in sample if cache_.get(f"e{i}", MISS, tags=["bulk"]) is not MISS] == []
+    recomputed = []
+
+    @cache(backend=other, tags=["bulk"], key=lambda i: f"e{i}")
+    def entry(i):
+        recomputed.append(i)
+        return {"i": i, "fresh": True}
+
+    for i in sample[:20]:
+        assert entry(i) == {"i": i, "fresh": True}
+    assert recomputed == sample[:20]
+    return cost
+
+
+def test_invalidating_a_tag_costs_the_same_with_1k_or_20k_entries_under_it(redis_server):
+    cost_1k = _invalidation_cost(redis_server, 1_000)
+    cost_20k = _invalidation_cost(redis_server, 20_000)
+    print(f"\ninvalidation commands: 1k entries {cost_1k}, 20k entries {cost_20k}")
+    assert cost_1k == {"set": 1}, f"one tag must cost one SET, got {cost_1k}"
+    assert cost_20k == cost_1k
+
+
+def test_invalidating_several_tags_is_one_set_per_tag(redis_server):
+    admin = redis_server.client()
+    backend = _backend(redis.Redis(host="127.0.0.1", port=redis_server.port), _prefix())
+    for i in range(300):
+        backend.set(f"k{i}", i, tags=["a", "b", f"own:{i}"])
+    reset_stats(admin)
+    backend.invalidate(["a", "b", "c", "d", "e"])
+    assert _data_commands(command_stats(admin)) == {"set": 5}
+    assert backend.get("k1", MISS, tags=["a", "b", "own:1"]) is MISS
+
+
+# -- invariant 2: no stale set, with the writer on another client ----------------------
+
+
+@pytest.mark.parametrize("stamp_exists", [True, False], ids=["known-tag", "new-tag"])
+def test_result_computed_across_an_invalidation_is_never_served(real_redis_url, stamp_exists):
+    prefix = _prefix()
+    reader = _backend(redis.Redis.from_url(real_redis_url), prefix)
+    writer = _backend(redis.Redis.from_url(real_redis_url), prefix)  # "another process"
+    third = _backend(redis.Redis.from_url(real_redis_url), prefix)
+    database = {"title": "old"}
+    computing, written = threading.Event(), threading.Event()
+    calls = []
+
+    @cache(backend=reader, tags=["book:1"], key=lambda: "book:1")
+    def get_title():
+        title = database["title"]  # the reader reads the database...
+        calls.append(title)
+        if len(calls) == 1:
+            computing.set()
+            assert written.wait(10), "writer did not run"
+        return title  # ...and returns after the writer committed and invalidated
+
+    def write():
+        assert computing.wait(10)
+        database["title"] = "new"
+        writer.invalidate(["book:1"])
+        written.set()
+
+    try:
+        if stamp_exists:
+            writer.invalidate(["book:1"])  # the tag's stamp exists before the miss
+        thread = threading.Thread(target=write)
+        thread.start()
+        assert get_title() == "old"  # the caller itself gets what it read
+        thread.join(10)
+        assert not thread.is_alive()
+
+        assert reader.stats.stores_rejected == 1 and reader.stats.stores == 0
+        assert third.get("book:1", MISS, tags=["book:1"]) is MISS
+        assert get_title() == "new"
+        assert get_title() == "new"
+        assert calls == ["old", "new"]
+        assert third.get("book:1", MISS, tags=["book:1"]) == "new"
+    finally:
+        reader.clear()
+
+
+def test_no_read_returns_data_older_than_a_finished_invalidation(real_redis_url):
+    """Writers bump a version and invalidate; readers in other "processes" (own client,
+    own backend) must never see a version older than one whose invalidation returned."""
+    prefix = _prefix()
+    database = {"version": 0}
+    committed = [0]
+    stop = threading.Event()
+    violations: list[tuple[int, int]] = []
+    errors: list[BaseException] = []
+    backends = [_backend(redis.Redis.from_url(real_redis_url), prefix) for _ in range(4)]
+    writer = _backend(redis.Redis.from_url(real_redis_url), prefix)
+
+    def reader(backend):
+        @cache(backend=backend, tags=["row"], key=lambda: "row")
+        def read():
+            version = database["version"]
+            time.sleep(0.001)
+            return version
+
+        try:
+            while not stop.is_set():
+                floor = committed[0]
+                got = read()
+                if got < floor:
+                    violations.append((floor, got))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(b,)) for b in backends]
+    for thread in threads:
+        thread.start()
+    try:
+        for version in range(1, 151):
+            database["version"] = version
+            writer.invalidate(["row"])
+            committed[0] = version
+            time.sleep(0.004)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    try:
+        assert not any(t.is_alive() for t in threads)
+        assert errors == []
+        assert violations == [], f"stale reads (committed, served): {violations[:10]}"
+        assert sum(b.stats.hits for b in backends) > 0, "the cache was never used"
+        rejected = sum(b.stats.stores_rejected for b in backends)
+        print(f"\nrace: hits={sum(b.stats.hits for b in backends)} "
+              f"stores={sum(b.stats.stores for b in backends)} rejected={rejected}")
+    finally:
+        writer.clear()
+
+
+# -- decode_responses --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("decode", [True, False], ids=["decode_responses", "bytes"])
+def test_client_with_or_without_decode_responses(real_redis_url, decode):
+    uid = uuid.uuid4().hex[:10]
+    prefix = f"dr{uid}[x]*:"  # glob specials: clear() must match them literally
+    client = redis.Redis.from_url(real_redis_url, decode_responses=decode)
+    admin = redis.Redis.from_url(real_redis_url, decode_responses=True)
+    backend = _backend(client, prefix)
+    assert backend.redis_client is client
+    foreign = [f"dr{uid}xyz:foreign", f"dr{uid}x:meta:t:books", f"other{uid}:k"]
+    for key in foreign:
+        admin.set(key, "keep", ex=120)
+
+    value = {"price": Decimal("12.10"), "when": dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.UTC),
+             "raw": b"\x00\xff\xfe", "id": uuid.UUID(int=5), "nothing": None,
+             "pair": (1, "a"), "ratio": 0.1}
+    calls = []
+
+    @cache(backend=backend, tags=lambda n: [f"book:{n}", "books"])
+    def details(n):
+        calls.append(n)
+        return dict(value, n=n) if n else None
+
+    try:
+        # hits, with exact types, and None cached as a value
+        for _ in range(3):
+            got = details(1)
+            assert got == dict(value, n=1)
+            assert type(got["price"]) is Decimal and type(got["raw"]) is bytes
+            assert type(got["pair"]) is tuple and got["when"].tzinfo is dt.UTC
+            assert details(0) is None
+        assert calls == [1, 0]
+        assert backend.stats.hits == 4 and backend.stats.errors == 0
+
+        # invalidation of one tag drops exactly its entries
+        invalidate(tags=["book:1"], backend=backend)
+        assert details(1) == dict(value, n=1)
+        assert details(0) is None
+        assert calls == [1, 0, 1]
+        invalidate(tags=["books"], backend=backend)
+        details(1)
+        details(0)
+        assert calls == [1, 0, 1, 1, 0]
+
+        # clear() removes every key of ours and nothing else
+        assert _own_keys(admin, prefix)
+        backend.clear()
+        assert _own_keys(admin, prefix) == []
+        assert [admin.get(k) for k in foreign] == ["keep"] * len(foreign)
+        details(1)
+        assert calls == [1, 0, 1, 1, 0, 1]
+
+        # distributed singleflight between backends on their own decoded clients
+        computed = []
+        results: list[object] = []
+
+        def slow(n):
+            computed.append(n)
+            time.sleep(0.3)
+            return {"n": n, "by": threading.get_ident()}
+
+        def run():
+            own = _backend(redis.Redis.from_url(real_redis_url, decode_responses=decode),
+                           prefix)
+            fn = cache(backend=own, tags=["sf"], key=lambda n: f"sf:{n}",
+                       distributed_singleflight=True)(slow)
+            results.append(fn(3))
+
+        threads = [threading.Thread(target=run) for _ in range(6)]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert not any(t.is_alive() for t in threads)
+        assert computed == [3], f"computed {len(computed)} times"
+        assert len(results) == 6 and all(r == results[0] for r in results)
+        assert time.monotonic() - started < 5, "waiters were not woken by the release"
+        assert backend.stats.errors == 0
+    finally:
+        backend.clear()
+        admin.delete(*foreign)

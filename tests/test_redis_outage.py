@@ -1,0 +1,182 @@
+"""Invariant 7 of DESIGN.md against a redis-server that really dies, comes back with its
+data, or stops answering (SIGSTOP)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+import redis
+
+from relaycache import CircuitBreaker, RedisCache, cache
+
+pytest_plugins = ("tests.servers",)
+pytestmark = pytest.mark.real_redis
+
+MISS = object()
+
+
+def _wait_until(predicate, timeout: float, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+def test_outage_falls_through_and_a_pending_invalidation_lands_after_restart(
+        redis_server_factory):
+    server = redis_server_factory(persist=True)
+    prefix = f"out{uuid.uuid4().hex[:8]}:"
+    backend = RedisCache(redis.Redis(host="127.0.0.1", port=server.port),
+                         value_prefix=prefix, meta_prefix=prefix + "meta:",
+                         breaker=CircuitBreaker(threshold=3, cooldown=0.5))
+    database = {"version": "old"}
+    computed: list[int] = []
+
+    @cache(backend=backend, tags=lambda n: [f"book:{n}", "books"], key=lambda n: f"book:{n}")
+    def get_book(n):
+        computed.append(n)
+        return f"{database['version']}-{n}"
+
+    for n in range(5):
+        assert get_book(n) == f"old-{n}"
+        assert get_book(n) == f"old-{n}"
+    assert len(computed) == 5 and backend.stats.hits == 5
+    admin = server.client()
+    assert admin.save()
+    assert server.rdb_path.exists()
+
+    # Calls keep running from threads while the server dies.
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    served: list[tuple[float, str, str]] = []  # (call started, expected, got)
+
+    def loop(worker: int) -> None:
+        i = 0
+        while not stop.is_set():
+            n = (worker + i) % 5
+            i += 1
+            began = time.monotonic()
+            try:
+                got = get_book(n)
+                backend.get(f"book:{n}", MISS, tags=[f"book:{n}", "books"])
+                backend.set(f"extra:{worker}", i, tags=["extra"])
+            except BaseException as exc:
+                errors.append(exc)
+                return
+            served.append((began, f"-{n}", got))
+            time.sleep(0.002)
+
+    threads = [threading.Thread(target=loop, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.2)
+        server.kill()  # a crash: nothing saved after the SAVE above
+        time.sleep(0.3)
+        computed_before = len(computed)
+
+        # A write happens during the outage: its invalidation cannot be delivered.
+        database["version"] = "new"
+        backend.invalidate(["books"])
+        invalidated_at = time.monotonic()
+        assert backend.pending_invalidations == ["books"]
+        time.sleep(0.5)
+        assert backend.pending_invalidations == ["books"], "invalidation dropped"
+        assert backend.stats.errors > 0
+        assert backend.breaker.is_open
+        assert len(computed) > computed_before, "calls during the outage were not computed"
+
+        # The server comes back WITH the data it had: the old entries and old stamps.
+        server.start()
+        restored = server.client()
+        assert restored.exists(backend.value_key("book:1")), "old entry not restored"
+        delivered = _wait_until(lambda: backend.pending_invalidations == [], 5)
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == [], f"exceptions reached the caller: {errors[:3]}"
+    assert delivered, f"pending invalidation not delivered: {backend.pending_invalidations}"
+
+    stale = [(expected, got) for began, expected, got in served
+             if began > invalidated_at and not got.startswith("new")]
+    assert stale == [], f"served old data after invalidate() returned: {stale[:5]}"
+    assert all(got.endswith(expected) for _, expected, got in served)
+
+    # Neither this process nor any other one serves the old entries now.
+    fresh = RedisCache(redis.Redis(host="127.0.0.1", port=server.port),
+                       value_prefix=prefix, meta_prefix=prefix + "meta:")
+    for n in range(5):
+        assert fresh.get(f"book:{n}", MISS, tags=[f"book:{n}", "books"]) in (MISS, f"new-{n}")
+        assert get_book(n) == f"new-{n}"
+        assert fresh.get(f"book:{n}", MISS, tags=[f"book:{n}", "books"]) == f"new-{n}"
+    assert not backend.breaker.is_open
+
+
+@pytest.mark.parametrize("client_options", [{}, {"socket_timeout": None}],
+                         ids=["default-client", "socket_timeout-None"])
+def test_a_stopped_server_costs_bounded_latency_to_a_client_without_timeouts(
+        redis_server, client_options):
+    # The user sets no timeout: either the redis-py defaults (the guide's style) or an
+    # explicit None. RedisCache's own socket_timeout (0.5 s) must bound cache calls.
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port, **client_options)
+    prefix = f"out{uuid.uuid4().hex[:8]}:"
+    backend = RedisCache(client, value_prefix=prefix, meta_prefix=prefix + "meta:")
+    computed = []
+
+    @cache(backend=backend, tags=lambda n: [f"n:{n}"], key=lambda n: f"n:{n}")
+    def square(n):
+        computed.append(n)
+        return n * n
+
+    assert square(3) == 9 and square(3) == 9 and computed == [3]
+
+    timings: dict[str, float] = {}
+    outcome: dict[str, object] = {}
+
+    def timed(name, fn, *args):
+        began = time.monotonic()
+        try:
+            outcome[name] = fn(*args)
+        except BaseException as exc:
+            outcome[name] = exc
+        timings[name] = time.monotonic() - began
+
+    def calls():
+        timed("hit", square, 3)
+        timed("miss", square, 4)
+        timed("invalidate", backend.invalidate, ["n:3"])
+        timed("after", square, 3)
+
+    redis_server.pause()
+    try:
+        # In a thread, so a call that hangs fails this test instead of hanging it.
+        worker = threading.Thread(target=calls, daemon=True)
+        worker.start()
+        worker.join(10)  # 4 calls of at most ~2 s each
+        hung = worker.is_alive()
+    finally:
+        redis_server.resume()
+    worker.join(10)
+    print(f"\nSIGSTOPped server, seconds per call: "
+          f"{ {k: round(v, 2) for k, v in timings.items()} }")
+    assert not hung, f"calls still running after 10 s on the stopped server: {timings}"
+    assert outcome == {"hit": 9, "miss": 16, "invalidate": None, "after": 9}, outcome
+    slow = {name: t for name, t in timings.items() if t > 2.0}
+    assert slow == {}, f"calls took more than 2 s: {slow}"
+    assert backend.stats.errors > 0
+    assert backend.pending_invalidations == ["n:3"]
+
+    # Once the server answers again the invalidation lands and hits are correct:
+    # no reply left over from a timed-out request is read as another one's.
+    assert _wait_until(lambda: backend.pending_invalidations == [], 15, 0.1)
+    for n in (3, 4, 5, 3, 4, 5):
+        assert square(n) == n * n
+    assert backend.get("n:3", MISS, tags=["n:3"]) == 9
