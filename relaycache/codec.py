@@ -72,6 +72,10 @@ def _b64(v: bytes | memoryview) -> str:
     return base64.b64encode(v).decode("ascii")
 
 
+def _unb64(v: str) -> bytes:
+    return base64.b64decode(v, validate=True)
+
+
 # tag -> (type, encoder to JSON-able data, decoder from it); the ORM's row format uses
 # it too. Containers are handled by the walkers below: their items need walking.
 _Codec = tuple[type, Callable[[Any], Any], Callable[[Any], Any]]
@@ -86,9 +90,9 @@ SCALAR_TYPES: dict[str, _Codec] = {
     ),
     "dec": (Decimal, str, Decimal),
     "u": (uuid.UUID, lambda v: v.hex, lambda v: uuid.UUID(hex=v)),
-    "b": (bytes, _b64, base64.b64decode),
-    "ba": (bytearray, _b64, lambda v: bytearray(base64.b64decode(v))),
-    "mv": (memoryview, _b64, lambda v: memoryview(base64.b64decode(v))),
+    "b": (bytes, _b64, _unb64),
+    "ba": (bytearray, _b64, lambda v: bytearray(_unb64(v))),
+    "mv": (memoryview, _b64, lambda v: memoryview(_unb64(v))),
     "i": (int, str, int),
     "f": (float, repr, float),
 }

@@ -1,0 +1,559 @@
+"""Backend semantics shared by InMemoryCache and RedisCache: stamps, races, garbage, limits."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from typing import Any
+
+import orjson
+import pytest
+
+from relaycache import InMemoryCache, RedisCache, cache
+
+MISSING = object()
+
+
+def sibling(backend, **options):
+    """Another cache of the same kind (same Redis client), with fresh prefixes."""
+    prefix = f"s{uuid.uuid4().hex[:8]}:"
+    opts = {"default_ttl": 60, "value_prefix": prefix, "meta_prefix": prefix + "meta:",
+            **options}
+    if isinstance(backend, RedisCache):
+        return RedisCache(backend.redis_client, **opts)
+    return InMemoryCache(**opts)
+
+
+def same_namespace(backend: RedisCache) -> RedisCache:
+    """A second RedisCache on the same keys: what another process would hold."""
+    return RedisCache(backend.redis_client, default_ttl=60, value_prefix=backend.value_prefix,
+                      meta_prefix=backend.meta_prefix)
+
+
+def our_redis_keys(backend: RedisCache) -> list:
+    client = backend.redis_client
+    return [k for k in client.keys("*")
+            if (k.decode() if isinstance(k, bytes) else k).startswith(
+                (backend.value_prefix, backend.meta_prefix))]
+
+
+class Compute:
+    def __init__(self, value: Any = "v") -> None:
+        self.value = value
+        self.calls = 0
+
+    def __call__(self) -> Any:
+        self.calls += 1
+        return self.value
+
+
+def fail() -> Any:
+    raise AssertionError("must be served from the cache")
+
+
+# -- get / set / delete / invalidate / clear ----------------------------------------------
+
+def test_set_then_get(backend):
+    assert backend.set("k", {"a": [1, 2]}, tags=["t1", "t2"]) is True
+    assert backend.get("k", tags=["t1", "t2"]) == {"a": [1, 2]}
+    assert backend.get("k", tags=["t2", "t1", "t2"]) == {"a": [1, 2]}  # order/dupes ignored
+
+
+def test_get_missing_returns_default(backend):
+    assert backend.get("nope") is None
+    assert backend.get("nope", MISSING) is MISSING
+    assert backend.get("nope", default=5, tags=["t"]) == 5
+
+
+def test_get_with_other_tags_is_a_miss(backend):
+    backend.set("k", 1, tags=["a"])
+    assert backend.get("k", MISSING, tags=["b"]) is MISSING
+    assert backend.get("k", MISSING) is MISSING
+    assert backend.get("k", MISSING, tags=["a"]) == 1
+
+
+def test_none_is_a_stored_value(backend):
+    backend.set("k", None, tags=["t"])
+    assert backend.get("k", MISSING, tags=["t"]) is None
+    compute = Compute(None)
+    backend.get_or_set("n", compute, tags=["t"])
+    backend.get_or_set("n", compute, tags=["t"])
+    assert compute.calls == 1
+
+
+def test_set_overwrites(backend):
+    backend.set("k", 1)
+    backend.set("k", 2)
+    assert backend.get("k") == 2
+
+
+def test_delete_drops_one_entry_only(backend):
+    backend.set("a", 1, tags=["t"])
+    backend.set("b", 2, tags=["t"])
+    backend.delete("a")
+    assert backend.get("a", MISSING, tags=["t"]) is MISSING
+    assert backend.get("b", tags=["t"]) == 2
+    backend.delete("never-set")
+
+
+def test_invalidate_drops_every_entry_under_any_tag(backend):
+    backend.set("a", 1, tags=["x"])
+    backend.set("b", 2, tags=["x", "y"])
+    backend.set("c", 3, tags=["y"])
+    backend.set("d", 4, tags=["z"])
+    backend.set("e", 5)
+    backend.invalidate(["x"])
+    assert backend.get("a", MISSING, tags=["x"]) is MISSING
+    assert backend.get("b", MISSING, tags=["x", "y"]) is MISSING
+    assert backend.get("c", tags=["y"]) == 3
+    assert backend.get("d", tags=["z"]) == 4
+    assert backend.get("e") == 5
+    backend.invalidate(["y", "z"])
+    assert backend.get("c", MISSING, tags=["y"]) is MISSING
+    assert backend.get("d", MISSING, tags=["z"]) is MISSING
+    assert backend.get("e") == 5
+
+
+def test_invalidate_of_unknown_or_no_tags_is_harmless(backend):
+    backend.set("k", 1, tags=["t"])
+    backend.invalidate([])
+    backend.invalidate(["never-used"])
+    assert backend.get("k", tags=["t"]) == 1
+
+
+def test_entries_stored_after_an_invalidation_are_served(backend):
+    backend.invalidate(["t"])
+    backend.set("k", 1, tags=["t"])
+    assert backend.get("k", tags=["t"]) == 1
+    compute = Compute("x")
+    backend.get_or_set("g", compute, tags=["t"])
+    backend.get_or_set("g", compute, tags=["t"])
+    assert compute.calls == 1
+
+
+def test_clear_removes_everything_of_this_cache(backend):
+    backend.set("a", 1, tags=["t"])
+    backend.get_or_set("b", Compute(2), tags=["u"])
+    backend.clear()
+    assert backend.get("a", MISSING, tags=["t"]) is MISSING
+    assert backend.get("b", MISSING, tags=["u"]) is MISSING
+    if isinstance(backend, RedisCache):
+        assert our_redis_keys(backend) == []
+    else:
+        assert backend.keys() == []
+    compute = Compute(3)
+    assert backend.get_or_set("a", compute, tags=["t"]) == 3
+    assert backend.get_or_set("a", compute, tags=["t"]) == 3
+    assert compute.calls == 1
+
+
+def test_clear_of_one_memory_cache_leaves_another_alone():
+    first, second = InMemoryCache(), InMemoryCache()
+    first.set("k", 1)
+    second.set("k", 2)
+    first.clear()
+    assert first.get("k") is None
+    assert second.get("k") == 2
+
+
+def test_clear_removes_only_this_caches_redis_keys(redis_client, make_redis_backend):
+    mine = make_redis_backend()
+    other = make_redis_backend()
+    guide = RedisCache(redis_client, value_prefix="myapp:", meta_prefix="myapp:meta:")
+    unrelated = {
+        "unrelated": "1",
+        "session:abc": "2",
+        mine.value_prefix.rstrip(":"): "3",           # the prefix without its separator
+        "x" + mine.value_prefix: "4",                  # the prefix not at the start
+        mine.value_prefix[:-2] + "Z:": "5",            # a sibling prefix
+    }
+    for k, v in unrelated.items():
+        redis_client.set(k, v)
+    redis_client.hset("a-hash", "f", "v")
+    for cache_ in (mine, other, guide):
+        cache_.set("k", "value", tags=["t"])
+        cache_.get_or_set("g", Compute("computed"), tags=["t", "u"])
+    assert our_redis_keys(mine)
+
+    mine.clear()
+
+    assert our_redis_keys(mine) == []
+    assert mine.get("k", MISSING, tags=["t"]) is MISSING
+    for cache_ in (other, guide):
+        assert cache_.get("k", tags=["t"]) == "value"
+        assert cache_.get_or_set("g", fail, tags=["t", "u"]) == "computed"
+    for k, v in unrelated.items():
+        got = redis_client.get(k)
+        assert (got.decode() if isinstance(got, bytes) else got) == v
+    assert redis_client.hlen("a-hash") == 1
+
+
+@pytest.mark.parametrize("prefix", ["a*[b]:", "a?:", "[ab]:", "a\\b:", "{x}*:", "ключ*:"])
+def test_clear_is_not_confused_by_glob_characters_in_prefixes(redis_client, prefix):
+    odd = RedisCache(redis_client, value_prefix=prefix, meta_prefix=prefix + "meta:")
+    # keys that the prefix, read as a glob pattern, would match
+    lookalikes = ["ab:1", "a-b:1", "aXYZb:meta:1", "a*b:1", "a:1", "aa:1", "b:1", "a:b:1",
+                  "ab:meta:x", "{x}:1", "{x}yz:1", "ключ:1", "ключZ:1", "a\\\\b:1"]
+    lookalikes = [k for k in lookalikes if not k.startswith(prefix)]
+    for k in lookalikes:
+        redis_client.set(k, "keep")
+    odd.set("k", 1, tags=["t*", "t?"])
+    odd.get_or_set("g", Compute(2), tags=["[t]"])
+    assert odd.get("k", tags=["t*", "t?"]) == 1
+
+    odd.clear()
+
+    assert odd.get("k", MISSING, tags=["t*", "t?"]) is MISSING
+    assert odd.get("g", MISSING, tags=["[t]"]) is MISSING
+    assert our_redis_keys(odd) == []
+    for k in lookalikes:
+        assert redis_client.exists(k), f"clear() with prefix {prefix!r} deleted {k!r}"
+
+
+# -- stamps ----------------------------------------------------------------------------
+
+def test_missing_stamp_makes_the_entry_a_miss(redis_backend):
+    compute = Compute("v1")
+    redis_backend.get_or_set("k", compute, tags=["a", "b"])
+    redis_backend.get_or_set("k", compute, tags=["a", "b"])
+    assert compute.calls == 1
+    stamp_key = redis_backend.meta_prefix + "t:" + "a"
+    assert redis_backend.redis_client.delete(stamp_key) == 1  # evicted / flushed
+
+    stale_before = redis_backend.stats.stale
+    compute.value = "v2"
+    assert redis_backend.get_or_set("k", compute, tags=["a", "b"]) == "v2"
+    assert compute.calls == 2
+    assert redis_backend.stats.stale == stale_before + 1
+    # a new stamp was created, so the recomputed entry is served again
+    assert redis_backend.get_or_set("k", fail, tags=["a", "b"]) == "v2"
+    assert redis_backend.redis_client.exists(stamp_key)
+
+
+def test_missing_stamp_through_get_is_a_miss(redis_backend):
+    redis_backend.set("k", 1, tags=["a"])
+    redis_backend.redis_client.delete(redis_backend.meta_prefix + "t:a")
+    assert redis_backend.get("k", MISSING, tags=["a"]) is MISSING
+
+
+def test_evicted_stamp_in_memory_makes_the_entry_a_miss():
+    backend = InMemoryCache(max_entries=2)
+    compute = Compute("v")
+    backend.get_or_set("k", compute, tags=["a"])   # stamp, then entry
+    backend.set("other", 1)                        # evicts the least recently used: the stamp
+    assert backend.get("k", MISSING, tags=["a"]) is MISSING
+    backend.get_or_set("k", compute, tags=["a"])
+    assert compute.calls == 2
+
+
+def test_stamps_have_a_ttl_longer_than_entries(redis_backend):
+    redis_backend.get_or_set("k", Compute(), ttl=30, tags=["a"])
+    client = redis_backend.redis_client
+    stamp_ttl = client.pttl(redis_backend.meta_prefix + "t:a")
+    entry_ttl = client.pttl(redis_backend.value_prefix + "k")
+    assert 0 < entry_ttl <= 30_000
+    assert stamp_ttl >= 2 * 60_000  # at least twice the default ttl (60 s here)
+
+
+# -- no stale set ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("warm_stamp", [False, True], ids=["new-tag", "existing-tag"])
+def test_invalidation_while_computing_is_not_hidden_by_the_store(backend, warm_stamp):
+    if warm_stamp:
+        backend.set("warm", 1, tags=["books"])
+    calls = []
+
+    def read_db():
+        calls.append(len(calls))
+        if len(calls) == 1:
+            backend.invalidate(["books"])  # a writer commits while we compute
+            return "old"
+        return "new"
+
+    assert backend.get_or_set("k", read_db, tags=["books", "x"]) == "old"
+    assert backend.stats.stale + backend.stats.stores_rejected >= 1
+    assert backend.get_or_set("k", read_db, tags=["books", "x"]) == "new"
+    assert calls == [0, 1]
+    assert backend.get_or_set("k", fail, tags=["books", "x"]) == "new"
+
+
+def test_stale_set_race_through_the_decorator(backend):
+    calls = []
+
+    @cache(backend=backend, tags=lambda book_id: [f"book:{book_id}"])
+    def details(book_id):
+        calls.append(book_id)
+        if len(calls) == 1:
+            backend.invalidate([f"book:{book_id}"])
+            return "before write"
+        return "after write"
+
+    assert details(1) == "before write"
+    assert details(1) == "after write"
+    assert details(1) == "after write"
+    assert calls == [1, 1]
+
+
+def test_slow_reader_never_overwrites_a_fresher_entry(redis_backend):
+    other_process = same_namespace(redis_backend)
+
+    def slow_reader():
+        # while this reader is busy, a writer invalidates and a fast reader stores
+        other_process.invalidate(["books"])
+        assert other_process.get_or_set("k", lambda: "fresh", tags=["books"]) == "fresh"
+        return "old"
+
+    assert redis_backend.get_or_set("k", slow_reader, tags=["books"]) == "old"
+    assert redis_backend.stats.stores_rejected == 1
+    assert redis_backend.get_or_set("k", fail, tags=["books"]) == "fresh"
+    assert other_process.get_or_set("k", fail, tags=["books"]) == "fresh"
+
+
+def test_invalidation_from_another_process_is_seen(redis_backend):
+    other_process = same_namespace(redis_backend)
+    compute = Compute()
+    redis_backend.get_or_set("k", compute, tags=["t"])
+    other_process.invalidate(["t"])
+    redis_backend.get_or_set("k", compute, tags=["t"])
+    assert compute.calls == 2
+
+
+# -- garbage in Redis --------------------------------------------------------------------
+
+def _write_raw(backend: RedisCache, key: str, raw: bytes) -> None:
+    backend.redis_client.set(backend.value_prefix + key, raw)
+
+
+def _read_raw(backend: RedisCache, key: str) -> bytes:
+    raw = backend.redis_client.get(backend.value_prefix + key)
+    return raw.encode() if isinstance(raw, str) else raw
+
+
+def _entry_with_data(backend: RedisCache, key: str, data: Any) -> bytes:
+    """A well-formed entry with the current tags and stamps but ``data`` as its value."""
+    tags, stamps, _ = orjson.loads(_read_raw(backend, key))
+    return orjson.dumps([tags, stamps, data])
+
+
+def _assert_corrupt_is_a_miss(backend: RedisCache, key: str, tags: list[str]) -> None:
+    corrupt_before = backend.stats.corrupt
+    compute = Compute({"fresh": (1, 2)})
+    assert backend.get_or_set(key, compute, tags=tags) == {"fresh": (1, 2)}
+    assert compute.calls == 1
+    assert backend.stats.corrupt == corrupt_before + 1
+    # the recomputed value replaced the garbage
+    assert backend.get_or_set(key, fail, tags=tags) == {"fresh": (1, 2)}
+    assert orjson.loads(_read_raw(backend, key))[2] == {"fresh": {"~t": [1, 2]}}
+
+
+@pytest.mark.parametrize("raw", [
+    b"\xff\xfe\x00garbage",
+    b"\x80\x81\x82",
+    b"\x00",
+    b"",
+    b"not json at all",
+    b"{",
+    b'{"a": 1}',
+    b"[1, 2]",
+    b"[]",
+    b"null",
+    b"42",
+    b'["t", ["s"]',
+], ids=repr)
+def test_garbage_at_the_value_key_is_a_counted_miss(redis_backend, raw):
+    redis_backend.get_or_set("k", Compute("old"), tags=["t"])
+    _write_raw(redis_backend, "k", raw)
+    _assert_corrupt_is_a_miss(redis_backend, "k", ["t"])
+
+
+def test_garbage_through_get_returns_the_default(redis_backend):
+    _write_raw(redis_backend, "k", b"\xff\xfe garbage")
+    assert redis_backend.get("k", MISSING) is MISSING
+    assert redis_backend.stats.corrupt == 1
+
+
+def test_truncated_entry_is_a_counted_miss(redis_backend):
+    redis_backend.get_or_set("k", Compute({"long": ["x" * 50, 1.5, (1, 2)]}), tags=["t"])
+    raw = _read_raw(redis_backend, "k")
+    for cut in (1, len(raw) // 2, len(raw) - 1):
+        _write_raw(redis_backend, "k", raw[:cut])
+        _assert_corrupt_is_a_miss(redis_backend, "k", ["t"])
+
+
+@pytest.mark.parametrize("data", [
+    {"~zz": 1},
+    {"~t": 5},
+    {"~dt": 5},
+    {"~m": [1]},
+    {"~d": "not a date"},
+    {"~u": 5},
+    {"~u": None},
+    {"~dec": "abc"},
+    {"~td": [1]},
+    {"~x:not_registered": 1},
+    [{"~s": [[1]]}],
+], ids=lambda d: orjson.dumps(d).decode())
+def test_entry_with_current_stamps_but_malformed_value_is_a_counted_miss(redis_backend, data):
+    """Garbage that keeps the entry's shape and stamps must still fall through."""
+    redis_backend.get_or_set("k", Compute("old"), tags=["t"])
+    _write_raw(redis_backend, "k", _entry_with_data(redis_backend, "k", data))
+    _assert_corrupt_is_a_miss(redis_backend, "k", ["t"])
+
+
+def test_garbage_does_not_break_later_calls_on_the_same_client(redis_backend):
+    _write_raw(redis_backend, "bad", b"\xff\xfe")
+    redis_backend.set("good", [1, 2], tags=["t"])
+    for _ in range(3):
+        with contextlib.suppress(Exception):  # reported by the tests above; here: no poisoning
+            redis_backend.get("bad", tags=["t"])
+        assert redis_backend.get("good", tags=["t"]) == [1, 2]
+
+
+# -- size limits ---------------------------------------------------------------------------
+
+def test_oversize_value_is_returned_but_not_stored(backend):
+    small = sibling(backend, max_entry_size=300)
+    big = {"blob": "x" * 1000}
+    compute = Compute(big)
+    assert small.get_or_set("k", compute, tags=["t"]) == big
+    assert small.stats.oversize == 1
+    assert small.get_or_set("k", compute, tags=["t"]) == big
+    assert compute.calls == 2
+    assert small.stats.oversize == 2 and small.stats.stores == 0
+    assert small.set("k2", big) is False
+    assert small.get("k2", MISSING) is MISSING
+    # values under the limit are stored as usual
+    assert small.set("k3", "tiny") is True
+    assert small.get("k3") == "tiny"
+
+
+def test_memory_cache_evicts_least_recently_used():
+    lru = InMemoryCache(max_entries=3)
+    lru.set("a", 1)
+    lru.set("b", 2)
+    lru.set("c", 3)
+    assert lru.get("a") == 1  # a is now the most recently used
+    lru.set("d", 4)
+    assert lru.get("b", MISSING) is MISSING
+    assert [lru.get(k) for k in "acd"] == [1, 3, 4]
+    lru.set("e", 5)
+    assert lru.get("a", MISSING) is MISSING  # a was least recently used after the reads
+    assert len(lru.keys()) <= 3
+
+
+def test_memory_cache_stays_bounded_with_tags():
+    lru = InMemoryCache(max_entries=50)
+    for i in range(500):
+        lru.get_or_set(f"k{i}", lambda i=i: i, tags=[f"t{i}", f"shared{i % 7}"])
+    assert len(lru.keys()) <= 50
+    assert len(lru._data) <= 50
+    assert lru.get_or_set("k499", fail, tags=["t499", "shared2"]) == 499
+
+
+def test_memory_cache_rejects_a_zero_bound():
+    with pytest.raises(ValueError):
+        InMemoryCache(max_entries=0)
+
+
+# -- odd keys, tags and prefixes -----------------------------------------------------------
+
+ODD = ["with space", "new\nline", "tab\there", "star*", "*", "?", "[ab]", "{hash}", "{}",
+       "ключ", "键", "🎉", "back\\slash", "quote\"'", "colon:a:b", "t:x", "l:x", "percent%s"]
+
+
+def test_odd_keys_and_tags_work_and_stay_distinct(backend):
+    for i, text in enumerate(ODD):
+        assert backend.set(text, i, tags=[text, "all"]) is True
+    for i, text in enumerate(ODD):
+        assert backend.get(text, tags=[text, "all"]) == i
+    backend.invalidate(["*"])  # literally the tag "*", not a pattern
+    assert backend.get("*", MISSING, tags=["*", "all"]) is MISSING
+    assert backend.get("star*", tags=["star*", "all"]) == ODD.index("star*")
+    backend.invalidate(["[ab]"])
+    assert backend.get("[ab]", MISSING, tags=["[ab]", "all"]) is MISSING
+    assert backend.get("?", tags=["?", "all"]) == ODD.index("?")
+    backend.clear()
+    for text in ODD:
+        assert backend.get(text, MISSING, tags=[text, "all"]) is MISSING
+
+
+def test_odd_keys_through_the_decorator(backend):
+    calls = []
+
+    @cache(backend=backend, key=lambda k: k, tags=lambda k: [f"tag {k}\n*"])
+    def f(k):
+        calls.append(k)
+        return k
+
+    for text in ODD:
+        assert f(text) == text and f(text) == text
+    assert len(calls) == len(ODD)
+    backend.invalidate(["tag 🎉\n*"])
+    f("🎉")
+    assert len(calls) == len(ODD) + 1
+
+
+def test_keys_starting_with_the_reserved_part_of_meta_prefix_are_refused(backend):
+    reserved = backend.meta_prefix[len(backend.value_prefix):]
+    assert reserved  # meta_prefix extends value_prefix in these fixtures
+    backend.set("books", 1, tags=["books"])
+    stamp_key_as_entry = reserved + "t:books"  # would overwrite the stamp of tag "books"
+    with pytest.raises(ValueError):
+        backend.set(stamp_key_as_entry, "boom")
+    with pytest.raises(ValueError):
+        backend.get(stamp_key_as_entry)
+    with pytest.raises(ValueError):
+        backend.get_or_set(stamp_key_as_entry, Compute())
+    with pytest.raises(ValueError):
+        backend.delete(stamp_key_as_entry)
+
+    @cache(backend=backend, key=lambda: reserved + "l:x")
+    def f():
+        return 1
+
+    with pytest.raises(ValueError):
+        f()
+    assert backend.get("books", tags=["books"]) == 1
+    # merely containing it elsewhere is fine
+    assert backend.set("x" + reserved, 2) is True
+
+
+def test_reserved_prefix_only_applies_when_meta_prefix_extends_value_prefix(backend):
+    separate = sibling(backend, value_prefix=f"v{uuid.uuid4().hex[:6]}:",
+                       meta_prefix=f"m{uuid.uuid4().hex[:6]}:")
+    assert separate.set("meta:t:books", 1) is True
+    assert separate.get("meta:t:books") == 1
+
+
+@pytest.mark.parametrize(("value_prefix", "meta_prefix"), [
+    ("", "m:"), ("v:", ""), ("same:", "same:"), ("rc:meta:x:", "rc:meta:"),
+])
+def test_conflicting_prefixes_are_refused(value_prefix, meta_prefix):
+    with pytest.raises(ValueError):
+        InMemoryCache(value_prefix=value_prefix, meta_prefix=meta_prefix)
+
+
+# -- stats -------------------------------------------------------------------------------
+
+def test_stats_counters(backend):
+    backend.stats.reset()
+    compute = Compute("v")
+    backend.get_or_set("k", compute, tags=["t"])   # miss, store
+    backend.get_or_set("k", compute, tags=["t"])   # hit
+    backend.get_or_set("k", compute, tags=["t"])   # hit
+    backend.invalidate(["t"])                      # invalidation
+    backend.get_or_set("k", compute, tags=["t"])   # stale miss, store
+    backend.get("absent")                          # miss
+    snapshot = backend.stats.snapshot()
+    assert snapshot["hits"] == 2
+    assert snapshot["misses"] == 3
+    assert snapshot["stale"] == 1
+    assert snapshot["stores"] == 2
+    assert snapshot["invalidations"] == 1
+    assert snapshot["stores_rejected"] == 0
+    assert snapshot["errors"] == 0
+    assert snapshot["corrupt"] == 0
+    assert snapshot["bypassed"] == 0
+    assert backend.stats.hits == 2
+    backend.stats.reset()
+    assert set(backend.stats.snapshot().values()) == {0}
