@@ -14,7 +14,8 @@ from .backends.redis import RedisCache
 from .breaker import CircuitBreaker
 from .codec import register_type
 from .config import get_default_backend, set_default_backend
-from .decorator import ainvalidate, cache, invalidate
+from .decorator import CachedFunction, ainvalidate, cache, invalidate
+from .events import add_listener, remove_listener
 from .stats import Stats
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BaseCache",
+    "CachedFunction",
     "CachedManager",
     "CachedQuerySet",
     "CachedQuerySetMixin",
@@ -31,11 +33,13 @@ __all__ = [
     "InMemoryCache",
     "RedisCache",
     "Stats",
+    "add_listener",
     "ainvalidate",
     "cache",
     "get_default_backend",
     "invalidate",
     "register_type",
+    "remove_listener",
     "set_default_backend",
 ]
 

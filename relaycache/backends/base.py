@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from .. import events
 from ..breaker import CircuitBreaker
 from ..codec import from_json, may_hold_markers, to_json
 from ..keys import check_key, check_tags, check_ttl
@@ -177,7 +178,6 @@ class BaseCache:
         self._pending = _Undelivered()
         self._retry_lock = threading.Lock()
         self._retry_thread: threading.Thread | None = None
-        self.invalidation_listeners: list[Callable[[list[str]], None]] = []
 
     # -- storage primitives a backend provides -------------------------------------
 
@@ -300,25 +300,31 @@ class BaseCache:
     def _pack(self, tags: list[str], stamps: Stamps, value: Any) -> bytes:
         return orjson.dumps([tags, stamps, to_json(value)])
 
-    def _unpack(self, raw: Any, tags: list[str], stamps: Stamps) -> tuple[bool, Any]:
+    def _unpack(self, vkey: str, raw: Any, tags: list[str], stamps: Stamps
+                ) -> tuple[bool, Any]:
         if raw is None:
-            self.stats.incr("misses")
-            return False, None
+            return self._missed(vkey, "absent")
         try:
             entry_tags, entry_stamps, data = orjson.loads(raw)
             fresh = entry_tags == tags and entry_stamps == stamps and None not in stamps
             value = from_json(data) if fresh and may_hold_markers(raw) else data
         except (ValueError, TypeError, KeyError, LookupError) as exc:
-            self.stats.incr("corrupt")
-            self.stats.incr("misses")
             logger.warning("relaycache: corrupt entry treated as a miss: %s", exc)
-            return False, None
+            return self._missed(vkey, "corrupt")
         if not fresh:
-            self.stats.incr("stale")
-            self.stats.incr("misses")
-            return False, None
+            return self._missed(vkey, "stale")
         self.stats.incr("hits")
+        if events.listeners:
+            events.emit("hit", self, key=vkey)
         return True, value
+
+    def _missed(self, vkey: str, reason: str) -> tuple[bool, None]:
+        self.stats.incr("misses")
+        if reason != "absent":
+            self.stats.incr(reason)
+        if events.listeners:
+            events.emit("miss", self, key=vkey, reason=reason)
+        return False, None
 
     def _encode_for_store(self, tags: list[str], stamps: Stamps, value: Any) -> bytes | None:
         raw = self._pack(tags, stamps, value)
@@ -338,7 +344,7 @@ class BaseCache:
         fetched = self._guard(self._fetch, vkey, self.stamp_keys(tags))
         if fetched is FAILED:
             return default
-        found, value = self._unpack(fetched[0], tags, fetched[1])
+        found, value = self._unpack(vkey, fetched[0], tags, fetched[1])
         return value if found else default
 
     def set(self, key: str, value: Any, ttl: float | None = None, *,
@@ -376,8 +382,8 @@ class BaseCache:
         self.stats.incr("invalidations")
         self._pending.add(tags=tags)
         self._deliver_pending()
-        for listener in self.invalidation_listeners:
-            listener(tags)
+        if events.listeners:
+            events.emit("invalidated", self, tags=tags)
 
     async def ainvalidate(self, tags: Iterable[str]) -> None:
         tags = check_tags(tags)
@@ -390,8 +396,8 @@ class BaseCache:
             self._schedule_retry()
         else:
             self._pending.forget(tags=batch)
-        for listener in self.invalidation_listeners:
-            listener(tags)
+        if events.listeners:
+            events.emit("invalidated", self, tags=tags)
 
     @property
     def pending_invalidations(self) -> list[str]:
@@ -491,7 +497,7 @@ class BaseCache:
         fetched = self._guard(self._fetch, vkey, skeys)
         if fetched is FAILED:
             return False, None, FAILED
-        found, value = self._unpack(fetched[0], tags, fetched[1])
+        found, value = self._unpack(vkey, fetched[0], tags, fetched[1])
         return found, value, fetched[1]
 
     def _miss(self, vkey: str, tags: list[str], skeys: list[str], stamps: Stamps,
@@ -581,7 +587,7 @@ class BaseCache:
         fetched = await self._aguard(self._afetch, vkey, skeys)
         if fetched is FAILED:
             return False, None, FAILED
-        found, value = self._unpack(fetched[0], tags, fetched[1])
+        found, value = self._unpack(vkey, fetched[0], tags, fetched[1])
         return found, value, fetched[1]
 
     async def _amiss(self, vkey: str, tags: list[str], skeys: list[str], stamps: Stamps,

@@ -18,6 +18,7 @@ from django.core.exceptions import EmptyResultSet
 from django.db.models.sql.constants import GET_ITERATOR_CHUNK_SIZE, MULTI, SINGLE
 from django.db.models.sql.query import Query
 
+from .. import events
 from ..backends.base import BaseCache
 from ..codec import to_json
 from ..config import get_default_backend
@@ -136,8 +137,11 @@ def plan_read(query: Query, connection: Any, sql: str, params: Any, shape: Any,
 
 
 def note_uncacheable(options: CacheOptions, reason: Uncacheable, sql: str) -> None:
-    options.cache.stats.incr("bypassed")
+    backend = options.cache
+    backend.stats.incr("bypassed")
     logger.debug("relaycache: query not cached (%s): %s", reason, sql)
+    if events.listeners:
+        events.emit("uncacheable", backend, sql=sql, reason=str(reason))
 
 
 class CachingCompilerMixin:

@@ -1,0 +1,41 @@
+"""Hooks for metrics: callables told of every hit, miss and invalidation.
+
+The Django app turns them into the signals ``cache_hit``, ``cache_miss`` and
+``cache_invalidated``; anything else (a StatsD client, a test) can listen with ``add_listener``.
+With no subscriber, the cost on the hot path is one list check.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger("relaycache")
+
+Listener = Callable[..., None]
+"""Called as ``listener(event, backend, **data)``: ``event`` is ``"hit"`` (``key``),
+``"miss"`` (``key``, ``reason``: ``"absent"``, ``"stale"`` or ``"corrupt"``),
+``"invalidated"`` (``tags``) or ``"uncacheable"`` (an ORM query run uncached: ``sql``,
+``reason``)."""
+
+listeners: list[Listener] = []
+
+
+def add_listener(listener: Listener) -> None:
+    if listener not in listeners:
+        listeners.append(listener)
+
+
+def remove_listener(listener: Listener) -> None:
+    if listener in listeners:
+        listeners.remove(listener)
+
+
+def emit(event: str, backend: Any, **data: Any) -> None:
+    """Tell every listener; a failing listener is logged, never raised to the caller."""
+    for listener in list(listeners):
+        try:
+            listener(event, backend, **data)
+        except Exception:
+            logger.exception("relaycache: event listener %r failed", listener)

@@ -1,0 +1,1 @@
+"""pytest fixtures for projects using RelayCache (a pytest plugin, loaded by entry point)."""
