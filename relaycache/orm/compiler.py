@@ -68,7 +68,7 @@ class ReadPlan:
     tables: set[str] = field(default_factory=set)
 
 
-_analyses: dict[tuple[str, bool], set[str] | Uncacheable] = {}
+_analyses: dict[tuple[str, bool], set[str] | str] = {}
 
 
 def _tables(query: Query, sql: str, allow_raw: bool) -> set[str]:
@@ -79,12 +79,12 @@ def _tables(query: Query, sql: str, allow_raw: bool) -> set[str]:
         try:
             result = query_tables(query, allow_raw=allow_raw)
         except Uncacheable as exc:
-            result = exc
+            result = str(exc)  # the reason; a fresh exception is raised on every use
         if len(_analyses) >= _MAX_ANALYSES:
             _analyses.clear()
         _analyses[memo_key] = result
-    if isinstance(result, Uncacheable):
-        raise result
+    if isinstance(result, str):
+        raise Uncacheable(result)
     return result
 
 

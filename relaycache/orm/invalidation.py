@@ -73,33 +73,37 @@ def invalidate_tables(tables: Iterable[str], using: str = "default") -> None:
 
 # -- transactions ------------------------------------------------------------------
 
-class _TransactionState:
-    """Tables one connection has written in its current transaction."""
+class _InvalidateOnCommit:
+    """The ``on_commit`` callback that invalidates tables a transaction wrote."""
 
-    __slots__ = ("registered", "tables")
+    __slots__ = ("tables", "using")
 
-    def __init__(self) -> None:
-        self.tables: set[str] = set()
-        self.registered: set[tuple[tuple[str, ...], frozenset[str]]] = set()
+    def __init__(self, tables: frozenset[str], using: str) -> None:
+        self.tables = tables
+        self.using = using
+
+    def __call__(self) -> None:
+        invalidate_tables(self.tables, self.using)
 
 
-_states: weakref.WeakKeyDictionary[Any, _TransactionState] = weakref.WeakKeyDictionary()
+def _registered(connection: Any) -> list[tuple[set[str], _InvalidateOnCommit]]:
+    """Our callbacks still pending on this connection, with their savepoint ids.
 
-
-def _state(connection: Any) -> _TransactionState:
-    state = _states.get(connection)
-    if state is None or not connection.in_atomic_block:
-        state = _states[connection] = _TransactionState()
-    return state
+    Django lists ``on_commit`` callbacks only in ``connection.run_on_commit`` (entries
+    ``(savepoint ids, func, robust)``); it empties the list when a transaction ends and
+    drops the entries of a rolled-back savepoint, which is exactly the lifetime of "this
+    transaction wrote these tables". Reading it here, and only here, keeps no state of
+    our own that could outlive a transaction.
+    """
+    return [(entry[0], entry[1]) for entry in connection.run_on_commit
+            if isinstance(entry[1], _InvalidateOnCommit)]
 
 
 def dirty_tables(connection: Any) -> set[str]:
     """Tables written by this connection's open transaction (empty outside one)."""
     if not connection.in_atomic_block:
-        _states.pop(connection, None)
         return set()
-    state = _states.get(connection)
-    return state.tables if state is not None else set()
+    return set().union(*(callback.tables for _, callback in _registered(connection)))
 
 
 def record_write(connection: Any, tables: frozenset[str]) -> None:
@@ -107,14 +111,13 @@ def record_write(connection: Any, tables: frozenset[str]) -> None:
     if not connection.in_atomic_block:
         invalidate_tables(tables, using)
         return
-    state = _state(connection)
-    state.tables.update(tables)
-    # One callback per savepoint level and table set: rolling back a savepoint drops
-    # the callbacks registered inside it, so an outer level registers its own.
-    mark = (tuple(connection.savepoint_ids), tables)
-    if mark not in state.registered:
-        state.registered.add(mark)
-        transaction.on_commit(functools.partial(invalidate_tables, tables, using), using=using)
+    # A callback registered at this savepoint level or an enclosing one already
+    # covers the write: it survives every rollback that would not undo the write too.
+    active = set(connection.savepoint_ids)
+    for savepoints, callback in _registered(connection):
+        if callback.tables >= tables and savepoints <= active:
+            return
+    transaction.on_commit(_InvalidateOnCommit(tables, using), using=using)
 
 
 def can_store_inside_transaction(connection: Any) -> bool:
