@@ -31,7 +31,7 @@ from .invalidation import (
     table_tag,
 )
 from .rows import ROWS_FORMAT, pack_rows, unpack_rows
-from .tables import Uncacheable, query_tables
+from .tables import SELECT_FOR_UPDATE, Uncacheable, query_tables
 
 logger = logging.getLogger("relaycache.orm")
 
@@ -45,17 +45,27 @@ _MAX_ANALYSES = 4096
 
 @dataclass(frozen=True)
 class CacheOptions:
-    """What ``.cached(...)`` was given."""
+    """What ``.cached(...)`` was given; :data:`DISABLED` records ``.nocache()``."""
 
     ttl: float | None = None
     tags: tuple[str, ...] = ()
     key: str | None = None
     backend: BaseCache | None = None
     singleflight: bool = False
+    enabled: bool = True
 
     @property
     def cache(self) -> BaseCache:
         return self.backend or get_default_backend()
+
+
+DISABLED = CacheOptions(enabled=False)
+
+
+def active_options(query: Query) -> CacheOptions | None:
+    """The options a query is cached with, or ``None`` if it is not."""
+    options = getattr(query, "relaycache_options", None)
+    return options if options is not None and options.enabled else None
 
 
 @dataclass
@@ -118,6 +128,8 @@ def plan_read(query: Query, connection: Any, sql: str, params: Any, shape: Any,
     """Key, tags and store policy for a compiled read; raises :class:`Uncacheable`."""
     if query.explain_info is not None:
         raise Uncacheable("explain() output is not cached")
+    if query.select_for_update:  # not always in the SQL (SQLite drops FOR UPDATE)
+        raise Uncacheable(SELECT_FOR_UPDATE)
     allow_raw = bool(options.tags) or _allows_extra(query)
     tables = _tables(query, sql, allow_raw)
     using = connection.alias
@@ -161,7 +173,7 @@ class CachingCompilerMixin:
     def execute_sql(self, result_type: Any = MULTI, chunked_fetch: bool = False,
                     chunk_size: int = GET_ITERATOR_CHUNK_SIZE) -> Any:
         parent = super().execute_sql  # type: ignore[misc]
-        options: CacheOptions | None = getattr(self.query, "relaycache_options", None)
+        options = active_options(self.query)
         if (options is None or chunked_fetch or computing.get()
                 or result_type not in (MULTI, SINGLE)):
             return parent(result_type, chunked_fetch, chunk_size)

@@ -16,7 +16,15 @@ from django.db.models.sql.query import Query
 
 from ..backends.base import BaseCache
 from ..keys import check_tags, check_ttl
-from .compiler import CacheOptions, CachingCompilerMixin, computing, note_uncacheable, plan_read
+from .compiler import (
+    DISABLED,
+    CacheOptions,
+    CachingCompilerMixin,
+    active_options,
+    computing,
+    note_uncacheable,
+    plan_read,
+)
 from .invalidation import install_everywhere, register_backend
 from .tables import Uncacheable
 
@@ -44,7 +52,7 @@ class CachedQueryMixin:
 
     def get_compiler(self, using: str | None = None, connection: Any = None,
                      elide_empty: bool = True) -> Any:
-        if self.relaycache_options is None or self.compiler != "SQLCompiler":
+        if active_options(self) is None or self.compiler != "SQLCompiler":
             return super().get_compiler(using, connection, elide_empty)  # type: ignore[misc]
         if using:
             connection = connections[using]
@@ -106,20 +114,22 @@ class CachedQuerySetMixin:
         return self._with_cache_options(options)
 
     def nocache(self: Q) -> Q:
-        """A copy of this queryset that always reads the database."""
-        return self._with_cache_options(None)
+        """A copy of this queryset that always reads the database, also when it is a
+        ``Prefetch`` queryset under a cached one."""
+        return self._with_cache_options(DISABLED)
 
-    def _with_cache_options(self: Q, options: CacheOptions | None) -> Q:
+    def _with_cache_options(self: Q, options: CacheOptions) -> Q:
         clone = self._chain()  # type: ignore[attr-defined]
         query = clone.query
-        if options is not None and not isinstance(query, CachedQueryMixin):
+        if options.enabled and not isinstance(query, CachedQueryMixin):
             query.__class__ = _cached_query_class(type(query))
         query.relaycache_options = options
         return clone
 
     @property
     def cache_options(self) -> CacheOptions | None:
-        return getattr(self.query, "relaycache_options", None)
+        """The options this queryset is cached with, ``None`` if it is not."""
+        return active_options(self.query)
 
     def cache_info(self) -> CacheInfo:
         """Whether and how iterating this queryset is cached, without running it."""
@@ -212,8 +222,9 @@ def _cached_prefetch(lookup: Any, options: CacheOptions) -> Any:
     if not isinstance(lookup, Prefetch):
         return lookup
     queryset = lookup.queryset
-    if not isinstance(queryset, CachedQuerySetMixin) or queryset.cache_options is not None:
-        return lookup
+    if (not isinstance(queryset, CachedQuerySetMixin)
+            or getattr(queryset.query, "relaycache_options", None) is not None):
+        return lookup  # not ours, or cached()/nocache() chosen explicitly
     lookup = copy.copy(lookup)
     lookup.queryset = queryset._with_cache_options(options)
     return lookup

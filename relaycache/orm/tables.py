@@ -26,6 +26,9 @@ VOLATILE_FUNCTIONS = frozenset({
 })
 
 
+SELECT_FOR_UPDATE = "select_for_update() locks rows; it must reach the database"
+
+
 class Uncacheable(Exception):
     """The query must run uncached; the message is the observable reason."""
 
@@ -43,7 +46,7 @@ def query_tables(query: Query, *, allow_raw: bool = False) -> set[str]:
 
 def _walk_query(query: Query, tables: set[str], allow_raw: bool) -> None:
     if query.select_for_update:
-        raise Uncacheable("select_for_update() locks rows; it must reach the database")
+        raise Uncacheable(SELECT_FOR_UPDATE)
     if query.extra or query.extra_tables:
         if not allow_raw:
             raise Uncacheable("extra() adds raw SQL; pass tags= to cache it")
