@@ -19,6 +19,7 @@ from .events import add_listener, remove_listener
 from .stats import Stats
 
 if TYPE_CHECKING:
+    from .orm.invalidation import invalidate_tables
     from .orm.queryset import CachedManager, CachedQuerySet, CachedQuerySetMixin
 
 __version__ = "0.1.0"
@@ -38,17 +39,19 @@ __all__ = [
     "cache",
     "get_default_backend",
     "invalidate",
+    "invalidate_tables",
     "register_type",
     "remove_listener",
     "set_default_backend",
 ]
 
-_ORM_NAMES = {"CachedManager", "CachedQuerySet", "CachedQuerySetMixin"}
+_ORM_NAMES = {"CachedManager": "queryset", "CachedQuerySet": "queryset",
+              "CachedQuerySetMixin": "queryset", "invalidate_tables": "invalidation"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _ORM_NAMES:
-        from .orm import queryset
+        import importlib
 
-        return getattr(queryset, name)
+        return getattr(importlib.import_module(f".orm.{_ORM_NAMES[name]}", __name__), name)
     raise AttributeError(f"module 'relaycache' has no attribute {name!r}")

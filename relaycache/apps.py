@@ -8,8 +8,12 @@ class RelayCacheConfig(AppConfig):
     verbose_name = "RelayCache"
 
     def ready(self) -> None:
+        from . import checks, signals
+        from . import views as _views  # noqa: F401  (registers HttpResponse in the codec)
         from .conf import apply_settings
         from .orm.invalidation import install_everywhere
 
+        checks.register()
+        signals.install()
         apply_settings()
         install_everywhere()

@@ -1,1 +1,205 @@
-"""pytest fixtures for projects using RelayCache (a pytest plugin, loaded by entry point)."""
+"""pytest fixtures for projects using RelayCache (a pytest plugin, loaded by entry point).
+
+- ``relaycache_backend``: a fresh :class:`~relaycache.InMemoryCache` set as the default
+  backend for the test, the previous default restored after it;
+- ``relaycache_disabled``: for the test, a default backend on which every read
+  misses and nothing is stored (cached querysets and ``@cache`` calls without an
+  explicit ``backend=`` run their code every time); :func:`cache_disabled` is the same
+  as a context manager;
+- ``relaycache_counter``: a :class:`CacheCounter` recording hits, misses,
+  invalidations and uncacheable queries, with ``assert_hits(n)`` and friends.
+
+Needs neither Django settings nor pytest-django. Functions decorated with an explicit
+``backend=...`` keep that backend: swap it yourself (``override_settings`` for a
+``settings.CACHE_BACKEND``) if a test needs it isolated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from . import config, events
+from .backends.base import BaseCache, Stamps, new_token
+from .backends.memory import InMemoryCache
+
+__all__ = ["CacheCounter", "DisabledCache", "cache_disabled", "use_backend"]
+
+
+class DisabledCache(BaseCache):
+    """A backend that never serves and never stores: every read is a miss.
+
+    Misses and invalidations are still counted and sent to listeners, and values the
+    codec cannot encode still raise ``TypeError``, as with a real backend.
+    """
+
+    def __repr__(self) -> str:
+        return "<DisabledCache>"
+
+    def _fetch(self, vkey: str, skeys: list[str]) -> tuple[Any, Stamps]:
+        return None, [None] * len(skeys)
+
+    def _acquire_stamps(self, skeys: list[str]) -> list[str]:
+        return [new_token() for _ in skeys]
+
+    def _encode_for_store(self, tags: list[str], stamps: Stamps, value: Any) -> None:
+        self._pack(tags, stamps, value)  # what cannot be encoded fails as it would
+        return None  # ...and nothing is ever stored
+
+    def _store(self, vkey: str, raw: bytes, skeys: list[str], stamps: list[str],
+               ttl_ms: int | None) -> bool:
+        return False
+
+    def _replace_stamps(self, skeys: list[str]) -> None:
+        pass
+
+    def _delete(self, vkey: str) -> None:
+        pass
+
+    def _clear(self) -> None:
+        pass
+
+    def _acquire_lease(self, lkey: str, token: str, ttl_ms: int) -> bool:
+        return True
+
+    def _release_lease(self, lkey: str, token: str) -> None:
+        pass
+
+    def _wait_lease(self, lkey: str, timeout: float) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def use_backend(backend: BaseCache) -> Iterator[BaseCache]:
+    """Make ``backend`` the default inside the block; the previous default after."""
+    previous = config._default
+    config.set_default_backend(backend)
+    try:
+        yield backend
+    finally:
+        config.set_default_backend(previous)
+
+
+def cache_disabled() -> contextlib.AbstractContextManager[BaseCache]:
+    """``with cache_disabled():`` reads inside the block never hit and store nothing."""
+    return use_backend(DisabledCache())
+
+
+@dataclass(frozen=True)
+class CacheEvent:
+    event: str
+    backend: Any
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class CacheCounter:
+    """Records every cache event while it listens (optionally of one backend only)."""
+
+    def __init__(self, backend: BaseCache | None = None) -> None:
+        self.backend = backend
+        self.events: list[CacheEvent] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, event: str, backend: Any, **data: Any) -> None:
+        if self.backend is None or backend is self.backend:
+            with self._lock:
+                self.events.append(CacheEvent(event, backend, data))
+
+    def start(self) -> CacheCounter:
+        events.add_listener(self)
+        return self
+
+    def stop(self) -> None:
+        events.remove_listener(self)
+
+    def __enter__(self) -> CacheCounter:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.events.clear()
+
+    def _of(self, kind: str) -> list[CacheEvent]:
+        with self._lock:
+            return [e for e in self.events if e.event == kind]
+
+    @property
+    def hits(self) -> int:
+        return len(self._of("hit"))
+
+    @property
+    def misses(self) -> int:
+        return len(self._of("miss"))
+
+    @property
+    def stale(self) -> int:
+        return sum(e.data.get("reason") == "stale" for e in self._of("miss"))
+
+    @property
+    def invalidations(self) -> int:
+        return len(self._of("invalidated"))
+
+    @property
+    def invalidated_tags(self) -> set[str]:
+        return {tag for e in self._of("invalidated") for tag in e.data.get("tags", ())}
+
+    @property
+    def uncacheable(self) -> list[str]:
+        """The reasons of the queries that ran uncached."""
+        return [e.data.get("reason", "") for e in self._of("uncacheable")]
+
+    def _check(self, what: str, actual: Any, expected: Any) -> None:
+        if actual != expected:
+            recorded = "\n".join(f"  {e.event} {e.data}" for e in list(self.events)[-20:])
+            raise AssertionError(f"expected {expected!r} {what}, got {actual!r}; last "
+                                 f"events:\n{recorded or '  (none)'}")
+
+    def assert_hits(self, n: int) -> None:
+        self._check("cache hits", self.hits, n)
+
+    def assert_misses(self, n: int) -> None:
+        self._check("cache misses", self.misses, n)
+
+    def assert_invalidations(self, n: int) -> None:
+        self._check("invalidations", self.invalidations, n)
+
+    def assert_invalidated(self, *tags: str) -> None:
+        """Each of ``tags`` was invalidated (others may have been too)."""
+        missing = sorted(set(tags) - self.invalidated_tags)
+        self._check("tags missing from the invalidated ones", missing, [])
+
+    def assert_uncacheable(self, n: int) -> None:
+        self._check("uncacheable queries", len(self.uncacheable), n)
+
+    def __repr__(self) -> str:
+        return (f"<CacheCounter hits={self.hits} misses={self.misses} "
+                f"invalidations={self.invalidations}>")
+
+
+@pytest.fixture
+def relaycache_backend() -> Iterator[InMemoryCache]:
+    """A fresh InMemoryCache, the default backend for this test only."""
+    with use_backend(InMemoryCache()) as backend:
+        yield backend
+
+
+@pytest.fixture
+def relaycache_disabled() -> Iterator[BaseCache]:
+    """For this test, cached reads run their code every time and store nothing."""
+    with cache_disabled() as backend:
+        yield backend
+
+
+@pytest.fixture
+def relaycache_counter() -> Iterator[CacheCounter]:
+    """Hits, misses, invalidations and uncacheable queries of every backend."""
+    with CacheCounter() as counter:
+        yield counter

@@ -21,7 +21,7 @@ from django.db.backends.signals import connection_created
 
 from ..backends.base import BaseCache
 from ..config import get_default_backend
-from .sqlwrites import ALL_TABLES, written_tables
+from .sqlwrites import ALL_TABLES, snapshot_isolation, written_tables
 
 DATABASE_NAMESPACES: dict[str, str] = {}
 """Database alias -> invalidation namespace; aliases that share data (a primary and its
@@ -86,6 +86,18 @@ class _InvalidateOnCommit:
         invalidate_tables(self.tables, self.using)
 
 
+class _SnapshotTransaction:
+    """A no-op ``on_commit`` marker: this transaction's reads are snapshots."""
+
+    __slots__ = ()
+
+    def __call__(self) -> None:
+        return None
+
+
+_snapshot_sessions: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
 def _registered(connection: Any) -> list[tuple[set[str], _InvalidateOnCommit]]:
     """Our callbacks still pending on this connection, with their savepoint ids.
 
@@ -120,10 +132,20 @@ def record_write(connection: Any, tables: frozenset[str]) -> None:
     transaction.on_commit(_InvalidateOnCommit(tables, using), using=using)
 
 
+def record_isolation(connection: Any, scope: str) -> None:
+    """Note raw SQL asking for snapshot reads (REPEATABLE READ or SERIALIZABLE)."""
+    if scope == "session":
+        _snapshot_sessions.add(connection)
+    elif connection.in_atomic_block:
+        transaction.on_commit(_SnapshotTransaction(), using=connection.alias)
+
+
 def can_store_inside_transaction(connection: Any) -> bool:
     """Whether a miss read inside a transaction may be stored: only under READ
     COMMITTED, where the read saw committed data as of its own start."""
-    if connection.vendor != "postgresql":
+    if connection.vendor != "postgresql" or connection in _snapshot_sessions:
+        return False
+    if any(isinstance(entry[1], _SnapshotTransaction) for entry in connection.run_on_commit):
         return False
     from django.db.backends.postgresql.psycopg_any import IsolationLevel
 
@@ -133,7 +155,9 @@ def can_store_inside_transaction(connection: Any) -> bool:
 
 # -- the hook ---------------------------------------------------------------------
 
-_written_tables = functools.lru_cache(maxsize=4096)(written_tables)
+@functools.lru_cache(maxsize=4096)
+def _inspect(sql: str) -> tuple[frozenset[str], str | None]:
+    return written_tables(sql), snapshot_isolation(sql)
 
 
 def _on_execute(execute: Callable[..., Any], sql: str, params: Any, many: bool,
@@ -141,9 +165,11 @@ def _on_execute(execute: Callable[..., Any], sql: str, params: Any, many: bool,
     try:
         return execute(sql, params, many, context)
     finally:
-        tables = _written_tables(sql) if isinstance(sql, str) else ALL_TABLES
+        tables, isolation = _inspect(sql) if isinstance(sql, str) else (ALL_TABLES, None)
         if tables:
             record_write(context["connection"], tables)
+        if isolation:
+            record_isolation(context["connection"], isolation)
 
 
 def install(connection: Any, **kwargs: Any) -> None:

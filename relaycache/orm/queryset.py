@@ -10,7 +10,8 @@ from typing import Any, TypeVar
 
 from django.core.exceptions import EmptyResultSet, FieldError
 from django.db import NotSupportedError, connections, models
-from django.db.models import Count, Prefetch, prefetch_related_objects
+from django.db.models import Count, F, Prefetch, prefetch_related_objects
+from django.db.models.constants import LOOKUP_SEP
 from django.db.models.sql.constants import MULTI
 from django.db.models.sql.query import Query
 
@@ -172,18 +173,22 @@ class CachedQuerySetMixin:
     def _cached_aggregate(self, kind: str, named: dict[str, Any], compute: Callable[[], Any],
                           options: CacheOptions) -> Any:
         """Cache an aggregation under the SQL of this queryset annotated with it: the
-        same SQL and tables as the aggregation, compiled once."""
+        same SQL and tables as the aggregation, compiled once. Where Django refuses
+        that annotation (over combined queries, or over an aggregate annotation), an
+        aggregation that reads no other table is keyed by this queryset's SQL and the
+        aggregate expressions instead."""
+        shape: list[Any] = [kind]
         try:
             probe = self.annotate(**named)  # type: ignore[attr-defined]
         except (NotSupportedError, FieldError, TypeError, ValueError):
-            if kind != "count":
+            if not _reads_no_other_table(named.values()):
                 note_uncacheable(options, Uncacheable(f"{kind}() of this query"), "")
                 return compute()
-            probe = self  # counting rows reads no table the query itself does not
+            probe, shape = self, [kind, repr(sorted(named.items()))]
         compiler = probe.query.get_compiler(self.db)
         try:
             sql, params = compiler.as_sql()
-            plan = plan_read(compiler.query, compiler.connection, sql, params, [kind], options)
+            plan = plan_read(compiler.query, compiler.connection, sql, params, shape, options)
         except EmptyResultSet:
             return compute()
         except Uncacheable as reason:
@@ -216,6 +221,17 @@ class CachedQuerySetMixin:
         finally:
             _prefetch_options.reset(token)
         self._prefetch_done = True
+
+
+def _reads_no_other_table(expressions: Iterable[Any]) -> bool:
+    """True if the expressions only name the query's own columns and annotations."""
+    for expression in expressions:
+        for node in expression.flatten():
+            if isinstance(node, F) and LOOKUP_SEP in node.name:
+                return False
+            if getattr(node, "query", None) is not None:
+                return False
+    return True
 
 
 def _cached_prefetch(lookup: Any, options: CacheOptions) -> Any:

@@ -33,7 +33,7 @@ _LIST_TARGET = {
 }
 # Statements that never change the contents of an existing table.
 _READS = frozenset({
-    "SELECT", "VALUES", "SHOW", "EXPLAIN", "PRAGMA", "SAVEPOINT", "RELEASE", "ROLLBACK",
+    "SELECT", "VALUES", "SHOW", "PRAGMA", "SAVEPOINT", "RELEASE", "ROLLBACK",
     "COMMIT", "BEGIN", "START", "END", "SET", "RESET", "DECLARE", "FETCH", "CLOSE",
     "LISTEN", "NOTIFY", "UNLISTEN", "ANALYZE", "DESCRIBE", "DESC", "USE", "LOCK",
     "DEALLOCATE", "PREPARE", "CHECKPOINT", "DISCARD", "VACUUM", "CREATE", "GRANT",
@@ -44,6 +44,10 @@ _OPAQUE = frozenset({"CALL", "DO", "EXEC", "EXECUTE"})
 _WRITE_WORDS = re.compile(r"\b(?:INSERT|UPDATE|DELETE|MERGE|TRUNCATE|DROP|ALTER|REPLACE|COPY)\b",
                           re.I)
 _CASCADE = re.compile(r"\bCASCADE\b", re.I)
+_EXPLAIN = re.compile(r"EXPLAIN\s*(?:\((?P<options>[^)]*)\)|(?P<words>(?:\s*\b(?:ANALY[SZ]E|"
+                      r"VERBOSE|QUERY\s+PLAN|FORMAT\s+\w+)\b)*))", re.I)
+_SNAPSHOT_LEVEL = re.compile(r"ISOLATION\s+LEVEL\s+(?:REPEATABLE\s+READ|SERIALIZABLE)", re.I)
+_SESSION_LEVEL = re.compile(r"SESSION\s+CHARACTERISTICS|SET\s+SESSION\s+TRANSACTION", re.I)
 
 
 def _unquote(qualified: str) -> str:
@@ -72,6 +76,13 @@ def written_tables(sql: str) -> frozenset[str]:
     word = match.group().upper()
     if _has_second_statement(body):
         return ALL_TABLES if word in _OPAQUE or _WRITE_WORDS.search(body) else frozenset()
+    if word == "EXPLAIN":
+        # EXPLAIN ANALYZE runs the statement it explains.
+        found = _EXPLAIN.match(body)
+        options = found.group("options") or found.group("words") or "" if found else ""
+        if found and re.search(r"ANALY[SZ]E", options, re.I):
+            return written_tables(body[found.end():])
+        return frozenset()
     if word in _READS:
         return frozenset()
     if word in _OPAQUE:
@@ -88,3 +99,11 @@ def written_tables(sql: str) -> frozenset[str]:
         return frozenset(_unquote(part) for part in found.group(1).split(","))
     # WITH ... (a data-modifying CTE), MERGE, COPY and anything unknown.
     return ALL_TABLES if _WRITE_WORDS.search(body) else frozenset()
+
+
+def snapshot_isolation(sql: str) -> str | None:
+    """``"transaction"`` or ``"session"`` if ``sql`` asks for REPEATABLE READ or
+    SERIALIZABLE (reads that are snapshots), else ``None``."""
+    if _SNAPSHOT_LEVEL.search(sql) is None:
+        return None
+    return "session" if _SESSION_LEVEL.search(sql) else "transaction"

@@ -1,0 +1,279 @@
+"""Caching Django views: ``cached_view`` and the ``HttpResponse`` codec type.
+
+Importing this module (the app does it in ``ready()``) teaches the codec
+``HttpResponse`` (status, reason, content, headers, charset; never cookies), so any
+``@cache``-decorated function may return one, as the integration guide's
+``cache_view`` helper does.
+
+``cached_view`` caches what is safe to share between visitors:
+
+- only ``GET`` (stored and served) and ``HEAD`` (served from the ``GET`` entry, never
+  stored) requests of anonymous users, without an ``Authorization`` header;
+- only ``200`` responses that set no cookie, are not streaming, are not
+  ``Cache-Control: private/no-store/no-cache`` or ``Vary: *``, did not use the CSRF
+  token and did not modify the session.
+
+The key holds the view, scheme, host, path, the query string sorted by parameter and
+the values of the request headers the response varies on. Those headers are only
+known once a response exists, so each URL has a small *variant index* entry listing
+them (the union of every ``Vary`` seen and ``vary_on_headers``): a lookup reads the
+index, then the entry keyed by the request's values of those headers. An entry is
+stored only under a header set that includes its own ``Vary``, so a request is served
+a response only if it agrees on every header that response varies on.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, sync_to_async
+from django.core.exceptions import DisallowedHost
+from django.http import HttpRequest, HttpResponse
+from django.utils.cache import cc_delim_re
+
+from .backends.base import BaseCache
+from .codec import register_type
+from .config import get_default_backend
+from .keys import check_tags, check_ttl, digest
+
+__all__ = ["cached_view"]
+
+RESPONSE_TYPE_NAME = "django_http_response"
+
+_UNCACHEABLE_DIRECTIVES = frozenset({"private", "no-store", "no-cache"})
+_PATH_IN_KEY = 100  # characters of the path kept readable in keys (SCAN, inspect)
+
+
+# -- HttpResponse in the codec -------------------------------------------------------
+
+def _encode_response(response: HttpResponse) -> list[Any]:
+    if getattr(response, "is_rendered", True) is False:  # an unrendered TemplateResponse
+        response.render()
+    if response.cookies:
+        raise TypeError(
+            "relaycache cannot cache an HttpResponse that sets cookies: they belong to "
+            "one visitor and would be replayed to every other one")
+    return [response.status_code, response.reason_phrase, response.content,
+            [[name, value] for name, value in response.headers.items()], response.charset]
+
+
+def _decode_response(data: list[Any]) -> HttpResponse:
+    status, reason, content, headers, charset = data
+    return HttpResponse(content, status=status, reason=reason, charset=charset,
+                        headers=dict(headers))
+
+
+register_type(HttpResponse, RESPONSE_TYPE_NAME, _encode_response, _decode_response)
+
+
+# -- cached_view ---------------------------------------------------------------------
+
+class _DontStore(Exception):
+    """Raised out of the computation to hand a response back without storing it."""
+
+    def __init__(self, response: Any) -> None:
+        super().__init__()
+        self.response = response
+
+
+def _header_names(value: str | None) -> set[str]:
+    if not value:
+        return set()
+    return {name.strip().lower() for name in cc_delim_re.split(value) if name.strip()}
+
+
+def _cache_control(response: HttpResponse) -> set[str]:
+    return {directive.split("=", 1)[0].strip().lower()
+            for directive in cc_delim_re.split(response.get("Cache-Control", ""))}
+
+
+def _is_authenticated(user: Any) -> bool:
+    return user is not None and bool(getattr(user, "is_authenticated", False))
+
+
+def _valid_index(value: Any) -> list[str]:
+    if isinstance(value, list) and all(isinstance(name, str) for name in value):
+        return value
+    return []
+
+
+class _Lookup:
+    """One request's place in the cache: its tags, index key and variant keys."""
+
+    __slots__ = ("backend", "base", "index_key", "path", "request", "tags")
+
+    def __init__(self, backend: BaseCache, request: HttpRequest, base: list[Any],
+                 tags: list[str]) -> None:
+        self.backend = backend
+        self.request = request
+        self.base = base
+        self.tags = tags
+        self.path = request.path[:_PATH_IN_KEY]
+        self.index_key = f"view:idx:{self.path}:{digest(base)}"
+
+    def entry_key(self, names: list[str]) -> str:
+        headers = self.request.headers
+        values = [[name, headers.get(name)] for name in names]
+        return f"view:{self.path}:{digest([self.base, values])}"
+
+
+class _CachedView:
+    def __init__(self, view: Callable[..., Any], ttl: float | None, tags: Any,
+                 backend: BaseCache | None, vary_on_headers: Iterable[str]) -> None:
+        self.view = view
+        self.ttl = ttl
+        self.backend = backend
+        self.tags = tags
+        self.vary = frozenset(name.lower() for name in vary_on_headers)
+        module = getattr(view, "__module__", None) or ""
+        self.name = f"{module}.{getattr(view, '__qualname__', type(view).__qualname__)}"
+
+    # -- deciding ---------------------------------------------------------------------
+
+    def lookup(self, request: HttpRequest, user: Any, args: tuple, kwargs: dict
+               ) -> _Lookup | None:
+        """Where this request's response lives, or ``None`` if it must not be cached."""
+        if request.method not in ("GET", "HEAD") or _is_authenticated(user):
+            return None
+        if "HTTP_AUTHORIZATION" in request.META and "authorization" not in self.vary:
+            return None  # credentials the view may check itself (e.g. a token API)
+        try:
+            host = request.get_host()
+        except DisallowedHost:
+            return None
+        tags = self.tags(request, *args, **kwargs) if callable(self.tags) else self.tags
+        base = [self.name, request.scheme, host, request.path, sorted(request.GET.lists())]
+        return _Lookup(self.backend or get_default_backend(), request, base,
+                       check_tags(tags or ()))
+
+    def names(self, lookup: _Lookup) -> list[str]:
+        """The request headers the key includes: declared ones and the index's."""
+        index = _valid_index(lookup.backend.get(lookup.index_key))
+        return sorted(self.vary.union(index))
+
+    def storable(self, request: HttpRequest, response: Any, names: list[str],
+                 lookup: _Lookup) -> Any:
+        """``response`` if it may be stored under ``names``; raises :class:`_DontStore`
+        otherwise (after recording new ``Vary`` headers in the index)."""
+        if (getattr(response, "streaming", False) or not isinstance(response, HttpResponse)
+                or response.status_code != 200 or response.cookies
+                or _cache_control(response) & _UNCACHEABLE_DIRECTIVES
+                or request.META.get("CSRF_COOKIE_NEEDS_UPDATE")
+                or getattr(getattr(request, "session", None), "modified", False)):
+            raise _DontStore(response)
+        vary = _header_names(response.get("Vary"))
+        if "*" in vary:
+            raise _DontStore(response)
+        if not vary <= set(names):
+            # Stored under fewer headers than it varies on, it could be served to a
+            # request that differs on one of them: record them, store next time.
+            lookup.backend.set(lookup.index_key, sorted(vary.union(names)), self.ttl)
+            raise _DontStore(response)
+        return response
+
+    # -- sync views -------------------------------------------------------------------
+
+    def __call__(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        lookup = self.lookup(request, getattr(request, "user", None), args, kwargs)
+        if lookup is None:
+            return self.view(request, *args, **kwargs)
+        names = self.names(lookup)
+        key = lookup.entry_key(names)
+        if request.method == "HEAD":
+            cached = lookup.backend.get(key, tags=lookup.tags)
+            return cached if isinstance(cached, HttpResponse) else self.view(
+                request, *args, **kwargs)
+
+        def compute() -> Any:
+            response = self.view(request, *args, **kwargs)
+            if getattr(response, "is_rendered", True) is False:
+                response.render()  # inside the computation: lazy querysets run here
+            return self.storable(request, response, names, lookup)
+
+        try:
+            response = lookup.backend.get_or_set(key, compute, ttl=self.ttl, tags=lookup.tags)
+        except _DontStore as skipped:
+            return skipped.response
+        return response if isinstance(response, HttpResponse) else self.view(
+            request, *args, **kwargs)
+
+    # -- async views ------------------------------------------------------------------
+
+    async def acall(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        auser = getattr(request, "auser", None)
+        user = await auser() if auser is not None else getattr(request, "user", None)
+        lookup = self.lookup(request, user, args, kwargs)
+        if lookup is None:
+            return await self.view(request, *args, **kwargs)
+        backend = lookup.backend
+        names = await sync_to_async(self.names, thread_sensitive=False)(lookup)
+        key = lookup.entry_key(names)
+        if request.method == "HEAD":
+            cached = await sync_to_async(backend.get, thread_sensitive=False)(
+                key, tags=lookup.tags)
+            if isinstance(cached, HttpResponse):
+                return cached
+            return await self.view(request, *args, **kwargs)
+
+        async def compute() -> Any:
+            response = await self.view(request, *args, **kwargs)
+            if getattr(response, "is_rendered", True) is False:
+                await sync_to_async(response.render)()
+            return await sync_to_async(self.storable, thread_sensitive=False)(
+                request, response, names, lookup)
+
+        try:
+            response = await backend.aget_or_set(key, compute, ttl=self.ttl, tags=lookup.tags)
+        except _DontStore as skipped:
+            return skipped.response
+        if isinstance(response, HttpResponse):
+            return response
+        return await self.view(request, *args, **kwargs)
+
+
+def cached_view(ttl: Any = None, tags: Any = None, backend: BaseCache | None = None,
+                vary_on_headers: Iterable[str] = ()) -> Any:
+    """Cache a view's responses for anonymous ``GET``/``HEAD`` requests.
+
+    :param ttl: seconds a response is kept (``None``: the backend's ``default_ttl``).
+    :param tags: a list of tags, or ``callable(request, *args, **kwargs)`` returning
+        one; :func:`relaycache.invalidate` on any of them drops the responses.
+    :param backend: the backend (``None``: the default backend at request time).
+    :param vary_on_headers: request headers the response depends on, in addition to
+        those its ``Vary`` header names.
+
+    Works on function views (sync or ``async def``) and, through
+    ``django.utils.decorators.method_decorator``, on class-based views. ``@cached_view``
+    without arguments works too.
+    """
+    if callable(ttl) and tags is None and backend is None and not vary_on_headers:
+        return cached_view()(ttl)
+    check_ttl(ttl)
+    if backend is not None and not isinstance(backend, BaseCache):
+        raise TypeError(f"backend must be a relaycache backend, got {backend!r}")
+    if not callable(tags):
+        tags = check_tags(tags or ())
+    if isinstance(vary_on_headers, str):
+        raise TypeError("vary_on_headers must be a list of header names, not a string")
+    vary = tuple(vary_on_headers)
+    if not all(isinstance(name, str) and name for name in vary):
+        raise TypeError(f"vary_on_headers must hold header names, got {vary!r}")
+
+    def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
+        cached = _CachedView(view, ttl, tags, backend, vary)
+        if iscoroutinefunction(view):
+            @functools.wraps(view)
+            async def async_wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+                return await cached.acall(request, *args, **kwargs)
+
+            return async_wrapper
+
+        @functools.wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+            return cached(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
