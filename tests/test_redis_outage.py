@@ -180,3 +180,41 @@ def test_a_stopped_server_costs_bounded_latency_to_a_client_without_timeouts(
     for n in (3, 4, 5, 3, 4, 5):
         assert square(n) == n * n
     assert backend.get("n:3", MISS, tags=["n:3"]) == 9
+
+
+def test_entries_restored_from_disk_after_a_restart_are_never_served(redis_server_factory):
+    """An invalidation may be lost with the process that could not deliver it while
+    Redis was away. When Redis comes back with its old data (RDB), no process, old or
+    new, may serve an entry written before the restart."""
+    server = redis_server_factory(persist=True)
+    prefix = f"rs{uuid.uuid4().hex[:6]}:"
+    source = {"title": "old"}
+
+    def backend():
+        return RedisCache(redis.Redis(host="127.0.0.1", port=server.port),
+                          value_prefix=prefix, meta_prefix=prefix + "meta:")
+
+    old_process = backend()
+
+    @cache(backend=old_process, tags=["books"], key=lambda: "book")
+    def read_old():
+        return dict(source)
+
+    assert read_old() == {"title": "old"} and read_old() == {"title": "old"}
+    assert old_process.stats.hits == 1
+    server.client().save()  # the entry and its stamps are on disk
+    server.kill()
+    source["title"] = "new"  # written while Redis was down; the invalidation is lost
+    server.restart()
+
+    new_process = backend()
+
+    @cache(backend=new_process, tags=["books"], key=lambda: "book")
+    def read_new():
+        return dict(source)
+
+    assert read_new() == {"title": "new"}  # a process started after the restart
+    deadline = time.monotonic() + 10
+    while old_process.breaker.is_open and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert read_old() == {"title": "new"}  # a process that lived through it

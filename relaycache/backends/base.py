@@ -144,6 +144,8 @@ class BaseCache:
     """
 
     errors: tuple[type[BaseException], ...] = ()
+    implicit_tags: tuple[str, ...] = ()
+    """Tags every entry carries besides its own (see ``RedisCache``)."""
 
     def __init__(
         self,
@@ -244,6 +246,11 @@ class BaseCache:
             raise ValueError(f"cache keys must not start with {self._reserved!r} (meta_prefix)")
         return self.value_prefix + key
 
+    def _entry_tags(self, tags: Iterable[str]) -> list[str]:
+        """The tags an entry is stored under: the caller's and the backend's own."""
+        tags = check_tags(tags)
+        return sorted({*tags, *self.implicit_tags}) if self.implicit_tags else tags
+
     def stamp_keys(self, tags: list[str]) -> list[str]:
         return [f"{self.meta_prefix}t:{tag}" for tag in tags]
 
@@ -338,7 +345,7 @@ class BaseCache:
 
     def get(self, key: str, default: Any = None, *, tags: Iterable[str] = ()) -> Any:
         """The cached value, or ``default`` when absent or invalidated."""
-        vkey, tags = self.value_key(key), check_tags(tags)
+        vkey, tags = self.value_key(key), self._entry_tags(tags)
         if not self._usable():
             return default
         fetched = self._guard(self._fetch, vkey, self.stamp_keys(tags))
@@ -350,7 +357,7 @@ class BaseCache:
     def set(self, key: str, value: Any, ttl: float | None = None, *,
             tags: Iterable[str] = ()) -> bool:
         """Store ``value`` under the current stamps of ``tags``; ``False`` if not stored."""
-        vkey, tags, ttl_ms = self.value_key(key), check_tags(tags), self._ttl_ms(ttl)
+        vkey, tags, ttl_ms = self.value_key(key), self._entry_tags(tags), self._ttl_ms(ttl)
         to_json(value)  # unencodable values fail here, whatever the backend's health
         if not self._usable():
             return False
@@ -454,7 +461,7 @@ class BaseCache:
         transaction); ``strict=False`` returns an unencodable value uncached instead of
         raising ``TypeError``.
         """
-        vkey, tags, ttl_ms = self.value_key(key), check_tags(tags), self._ttl_ms(ttl)
+        vkey, tags, ttl_ms = self.value_key(key), self._entry_tags(tags), self._ttl_ms(ttl)
         skeys = self.stamp_keys(tags)
         if not self._usable():
             return compute()
@@ -560,7 +567,7 @@ class BaseCache:
                           ttl: float | None = None, tags: Iterable[str] = (),
                           singleflight: bool = False) -> T:
         """Async :meth:`get_or_set`: ``compute`` returns an awaitable."""
-        vkey, tags, ttl_ms = self.value_key(key), check_tags(tags), self._ttl_ms(ttl)
+        vkey, tags, ttl_ms = self.value_key(key), self._entry_tags(tags), self._ttl_ms(ttl)
         skeys = self.stamp_keys(tags)
         if not self._usable():
             return await compute()

@@ -11,6 +11,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
+from redis.sentinel import SentinelConnectionPool
 
 from .base import BaseCache, Stamps, new_token
 
@@ -43,23 +44,82 @@ def _text(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes) else value
 
 
+SERVER_TAG = "__server__"
+"""Carried by every entry of a plain or Sentinel ``RedisCache``; see :class:`_RestartGuard`."""
+
+
+def _run_id(info: Any) -> str | None:
+    for line in _text(info).splitlines():
+        if line.startswith("run_id:"):
+            return line[len("run_id:"):].strip()
+    return None
+
+
+class _RestartGuard:
+    """Runs on every new connection (redis-py's ``redis_connect_func``).
+
+    If the server is not the one whose ``run_id`` this cache recorded in it, the server
+    restarted (perhaps from an RDB or AOF file holding old entries) or a replica took
+    over (asynchronous replication may have lost recent stamp replacements). Either
+    way, invalidations may have been lost: the stamp of :data:`SERVER_TAG`, which every
+    entry carries, is replaced, so nothing stored before is served again. Without
+    INFO (an ACL denies it), the check is skipped: docs/redis.md lists the commands.
+    """
+
+    def __init__(self, server_key: str, stamp_key: str, stamp_ttl_ms: int) -> None:
+        self.server_key = server_key
+        self.stamp_key = stamp_key
+        self.stamp_ttl_ms = stamp_ttl_ms
+
+    def _commands(self, run_id: str) -> list[tuple[Any, ...]]:
+        return [("SET", self.stamp_key, new_token(), "PX", self.stamp_ttl_ms),
+                ("SET", self.server_key, run_id)]
+
+    def __call__(self, connection: Any) -> None:
+        connection.on_connect()
+        connection.send_command("INFO", "server")
+        try:
+            run_id = _run_id(connection.read_response())
+        except redis.ResponseError:  # INFO denied by an ACL, or not implemented
+            return
+        connection.send_command("GET", self.server_key)
+        if run_id is None or _text(connection.read_response()) == run_id:
+            return
+        for command in self._commands(run_id):
+            connection.send_command(*command)
+            connection.read_response()
+
+    async def on_async_connect(self, connection: Any) -> None:
+        await connection.on_connect()
+        await connection.send_command("INFO", "server")
+        try:
+            run_id = _run_id(await connection.read_response())
+        except redis.ResponseError:
+            return
+        await connection.send_command("GET", self.server_key)
+        if run_id is None or _text(await connection.read_response()) == run_id:
+            return
+        for command in self._commands(run_id):
+            await connection.send_command(*command)
+            await connection.read_response()
+
+
 def _current_stamps(previous: list[Any], tokens: list[str]) -> list[str]:
     """Merge the replies of ``SET stamp token NX GET``: the old stamp, or ours if none."""
     return [_text(old) if old is not None else new
             for old, new in zip(previous, tokens, strict=True)]
 
 
-def _bounded_client(client: redis.Redis, socket_timeout: float) -> redis.Redis:
+def _bounded_client(client: redis.Redis, socket_timeout: float,
+                    guard: _RestartGuard) -> redis.Redis:
     """A client on the same server whose calls cannot hang: the cache must fail fast.
 
-    It also never decodes replies, so a non-UTF-8 garbage entry is a corrupt entry
-    (a miss), not a ``UnicodeDecodeError``. The caller's client is left untouched (it
-    stays ``redis_client``); only a plain connection pool is cloned, since Sentinel
-    pools resolve their master themselves.
+    It never decodes replies, so a non-UTF-8 garbage entry is a corrupt entry (a miss),
+    not a ``UnicodeDecodeError``, and it checks every new connection with ``guard``.
+    The caller's client is left untouched (it stays ``redis_client``): its pool is
+    cloned, a Sentinel pool as a Sentinel pool of the same service.
     """
     pool = client.connection_pool
-    if type(pool) is not redis.ConnectionPool:
-        return client
     kwargs = dict(pool.connection_kwargs)
     for name in ("socket_timeout", "socket_connect_timeout", "orig_socket_timeout",
                  "orig_socket_connect_timeout"):
@@ -67,8 +127,18 @@ def _bounded_client(client: redis.Redis, socket_timeout: float) -> redis.Redis:
             kwargs[name] = socket_timeout
     kwargs["retry"] = Retry(NoBackoff(), 1)
     kwargs["decode_responses"] = False
-    new_pool = redis.ConnectionPool(connection_class=pool.connection_class,
-                                    max_connections=pool.max_connections, **kwargs)
+    kwargs["redis_connect_func"] = guard
+    if isinstance(pool, SentinelConnectionPool):
+        kwargs.pop("connection_pool", None)
+        new_pool: redis.ConnectionPool = SentinelConnectionPool(
+            pool.service_name, pool.sentinel_manager, is_master=pool.is_master,
+            check_connection=pool.check_connection, connection_class=pool.connection_class,
+            **kwargs)
+    elif type(pool) is redis.ConnectionPool:
+        new_pool = redis.ConnectionPool(connection_class=pool.connection_class,
+                                        max_connections=pool.max_connections, **kwargs)
+    else:
+        raise TypeError(f"RedisCache does not know how to use a {type(pool).__name__}")
     return redis.Redis(connection_pool=new_pool)
 
 
@@ -83,7 +153,7 @@ def _bounded_cluster(client: RedisCluster, socket_timeout: float) -> RedisCluste
     return RedisCluster(startup_nodes=nodes, retry=Retry(NoBackoff(), 0), **kwargs)
 
 
-def _async_client(client: redis.Redis) -> Any:
+def _async_client(client: redis.Redis, guard: _RestartGuard | None) -> Any:
     """An asyncio client for the same server, or ``None`` if it cannot be derived."""
     import redis.asyncio as aredis
     import redis.asyncio.connection as aconn
@@ -98,6 +168,7 @@ def _async_client(client: redis.Redis) -> Any:
     if type(pool) is not redis.ConnectionPool or connection_class is None:
         return None
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in ("retry",)}
+    kwargs["redis_connect_func"] = guard.on_async_connect if guard is not None else None
     return aredis.Redis(connection_pool=aredis.ConnectionPool(
         connection_class=connection_class, **kwargs))
 
@@ -113,9 +184,7 @@ class RedisCache(BaseCache):
     Other options are :class:`~relaycache.backends.base.BaseCache`'s.
     """
 
-    # UnicodeDecodeError: garbage read through a client that decodes replies (a
-    # Sentinel client is used as given).
-    errors = (redis.RedisError, OSError, UnicodeDecodeError)
+    errors = (redis.RedisError, OSError)
 
     def __init__(self, client: redis.Redis | RedisCluster, default_ttl: float | None = 3600,
                  *, socket_timeout: float = 0.5, **options: Any) -> None:
@@ -126,8 +195,15 @@ class RedisCache(BaseCache):
         super().__init__(default_ttl=default_ttl, **options)
         self.redis_client = client
         self.is_cluster = isinstance(client, RedisCluster)
-        self._client = (_bounded_cluster(client, socket_timeout) if self.is_cluster
-                        else _bounded_client(client, socket_timeout))
+        if self.is_cluster:
+            self._guard_restarts = None
+            self._client = _bounded_cluster(client, socket_timeout)
+        else:
+            self.implicit_tags = (SERVER_TAG,)
+            self._guard_restarts = _RestartGuard(
+                f"{self.meta_prefix}server", self.stamp_keys([SERVER_TAG])[0],
+                int(self.stamp_ttl * 1000))
+            self._client = _bounded_client(client, socket_timeout, self._guard_restarts)
         self._store_script = None if self.is_cluster else self._client.register_script(
             _STORE_IF_CURRENT)
         self._release_script = self._client.register_script(_RELEASE_LEASE)
@@ -236,7 +312,8 @@ class RedisCache(BaseCache):
     def _aclient(self) -> Any:
         loop = asyncio.get_running_loop()
         if loop not in self._aclients:
-            self._aclients[loop] = None if self.is_cluster else _async_client(self._client)
+            self._aclients[loop] = (None if self.is_cluster
+                                    else _async_client(self._client, self._guard_restarts))
         return self._aclients[loop]
 
     async def _afetch(self, vkey: str, skeys: list[str]) -> tuple[Any, Stamps]:
