@@ -85,7 +85,10 @@ def build_backend(config: dict[str, Any]) -> BaseCache:
     if isinstance(target, BaseCache):
         return target
     if isinstance(target, type) and issubclass(target, BaseCache):
-        return target(**common)
+        try:
+            return target(**common)
+        except (TypeError, ValueError) as exc:
+            raise ImproperlyConfigured(f"RELAYCACHE['OPTIONS'] for {spec!r}: {exc}") from exc
     raise ImproperlyConfigured(f"RELAYCACHE['BACKEND'] {spec!r} is not a relaycache backend")
 
 

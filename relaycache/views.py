@@ -13,8 +13,9 @@ Importing this module (the app does it in ``ready()``) teaches the codec
   ``Cache-Control: private/no-store/no-cache`` or ``Vary: *``, did not use the CSRF
   token and did not modify the session.
 
-The key holds the view, scheme, host, path, the query string sorted by parameter and
-the values of the request headers the response varies on. Those headers are only
+The key holds the view, scheme, host, path, the query string sorted by parameter, the
+active language and time zone (as Django's ``cache_page``) and the values of the
+request headers the response varies on. Those headers are only
 known once a response exists, so each URL has a small *variant index* entry listing
 them (the union of every ``Vary`` seen and ``vary_on_headers``): a lookup reads the
 index, then the entry keyed by the request's values of those headers. An entry is
@@ -25,13 +26,16 @@ a response only if it agrees on every header that response varies on.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
+from django.conf import settings
 from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest, HttpResponse
-from django.utils.cache import cc_delim_re
+from django.utils.timezone import get_current_timezone_name
+from django.utils.translation import get_language
 
 from .backends.base import BaseCache
 from .codec import register_type
@@ -44,6 +48,9 @@ RESPONSE_TYPE_NAME = "django_http_response"
 
 _UNCACHEABLE_DIRECTIVES = frozenset({"private", "no-store", "no-cache"})
 _PATH_IN_KEY = 100  # characters of the path kept readable in keys (SCAN, inspect)
+
+# Splits Vary and Cache-Control values (Django keeps its own copy private).
+_HEADER_LIST_SEP = re.compile(r"\s*,\s*")
 
 
 # -- HttpResponse in the codec -------------------------------------------------------
@@ -81,16 +88,24 @@ class _DontStore(Exception):
 def _header_names(value: str | None) -> set[str]:
     if not value:
         return set()
-    return {name.strip().lower() for name in cc_delim_re.split(value) if name.strip()}
+    return {name.strip().lower() for name in _HEADER_LIST_SEP.split(value) if name.strip()}
 
 
 def _cache_control(response: HttpResponse) -> set[str]:
     return {directive.split("=", 1)[0].strip().lower()
-            for directive in cc_delim_re.split(response.get("Cache-Control", ""))}
+            for directive in _HEADER_LIST_SEP.split(response.get("Cache-Control", ""))}
 
 
 def _is_authenticated(user: Any) -> bool:
     return user is not None and bool(getattr(user, "is_authenticated", False))
+
+
+def _locale() -> list[str | None]:
+    """The active language and time zone, as Django's ``cache_page`` keys them: the
+    locale middleware activates them before the view but adds ``Vary`` after it."""
+    language = get_language() if settings.USE_I18N else None
+    zone = get_current_timezone_name() if settings.USE_TZ else None
+    return [language, zone]
 
 
 def _valid_index(value: Any) -> list[str]:
@@ -144,7 +159,8 @@ class _CachedView:
         except DisallowedHost:
             return None
         tags = self.tags(request, *args, **kwargs) if callable(self.tags) else self.tags
-        base = [self.name, request.scheme, host, request.path, sorted(request.GET.lists())]
+        base = [self.name, request.scheme, host, request.path, sorted(request.GET.lists()),
+                _locale()]
         return _Lookup(self.backend or get_default_backend(), request, base,
                        check_tags(tags or ()))
 

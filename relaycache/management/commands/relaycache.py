@@ -53,6 +53,11 @@ def model_tables(model: Any) -> list[str]:
     return tables
 
 
+def _short(text: str, width: int = 100) -> str:
+    """Tags may be 512 characters long: keep text output readable (JSON has them whole)."""
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 def _text(key: Any) -> str:
     return key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
 
@@ -128,6 +133,8 @@ class _Sample:
         meta_keys = self.counts["stamps"] + self.counts["leases"] + self.counts["other"]
         tags = Counter(tag for entry_tags, _ in self.entries for tag in entry_tags)
         current = _current_stamps(backend, sorted(tags)) if tags else {}
+        for implicit in backend.implicit_tags:  # on every entry: not worth listing
+            tags.pop(implicit, None)
         valid = sum(all(stamp is not None and current.get(tag) == stamp
                         for tag, stamp in zip(entry_tags, entry_stamps, strict=True))
                     for entry_tags, entry_stamps in self.entries)
@@ -143,7 +150,7 @@ class _Sample:
             "meta_prefix": backend.meta_prefix,
             "entries": part("entries", self.counts["entries"]),
             "meta": {**part("meta", meta_keys), "stamps": self.counts["stamps"],
-                     "leases": self.counts["leases"]},
+                     "leases": self.counts["leases"], "other": self.counts["other"]},
             "memory_source": "MEMORY USAGE" if self.exact_memory else "payload size",
             "sample": {"entries": len(self.entries) + self.corrupt, "valid": valid,
                        "stale": len(self.entries) - valid, "corrupt": self.corrupt},
@@ -391,7 +398,7 @@ class Command(BaseCommand):
             f"  hit ratio              {'n/a' if ratio is None else f'{ratio:.1%}'}",
             f"  errors                 {process['errors']:,}",
             f"  pending invalidations  {len(pending)}"
-            + (f" ({', '.join(pending[:5])}{'...' if len(pending) > 5 else ''})"
+            + (f" ({_short(', '.join(pending[:5]))}{'...' if len(pending) > 5 else ''})"
                if pending else ""),
         ]
         storage = data["storage"]
@@ -404,13 +411,15 @@ class Command(BaseCommand):
                 f"  entries                {entries['keys']:,} keys, {approx} "
                 f"{_human_bytes(entries['approx_bytes'])} (sampled {entries['sampled']:,})",
                 f"  tag stamps and leases  {meta['keys']:,} keys ({meta['stamps']:,} stamps, "
-                f"{meta['leases']:,} leases), {approx} {_human_bytes(meta['approx_bytes'])}",
+                f"{meta['leases']:,} leases"
+                + (f", {meta['other']:,} other" if meta["other"] else "")
+                + f"), {approx} {_human_bytes(meta['approx_bytes'])}",
                 f"  sampled entries        {sample['entries']:,}: {sample['valid']:,} valid, "
                 f"{sample['stale']:,} stale (awaiting TTL), {sample['corrupt']:,} unreadable",
             ]
             if storage["top_tags"]:
                 lines.append("Top tags in the sample (entries):")
-                lines += [f"  {count:>8,}  {tag}" for tag, count in storage["top_tags"]]
+                lines += [f"  {count:>8,}  {_short(tag)}" for tag, count in storage["top_tags"]]
         return data, lines
 
     # -- inspect ----------------------------------------------------------------------
@@ -451,6 +460,7 @@ class Command(BaseCommand):
         current = backend._fetch(vkey, backend.stamp_keys(tags))[1] if tags else []
         data["tags"] = [
             {"tag": tag, "stored": stored, "current": now,
+             "implicit": tag in backend.implicit_tags,
              "state": "ok" if now == stored and now is not None
              else ("missing" if now is None else "changed")}
             for tag, stored, now in zip(tags, stamps, current, strict=True)]
@@ -482,10 +492,12 @@ class Command(BaseCommand):
                if data.get("memory_usage_bytes") else ""),
         ]
         if data["tags"]:
-            width = max(len(t["tag"]) for t in data["tags"])
+            width = max(len(_short(t["tag"], 60)) for t in data["tags"])
             lines.append(f"Tags ({len(data['tags'])}):")
-            lines += [f"  {t['state']:<8} {t['tag']:<{width}}  stored {t['stored']}  "
-                      f"current {t['current'] or '(none)'}" for t in data["tags"]]
+            lines += [f"  {t['state']:<8} {_short(t['tag'], 60):<{width}}  stored {t['stored']}  "
+                      f"current {t['current'] or '(none)'}"
+                      + ("  (the backend's own tag)" if t.get("implicit") else "")
+                      for t in data["tags"]]
         else:
             lines.append("Tags:    none")
         if "value" in data:
