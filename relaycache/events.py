@@ -16,7 +16,8 @@ logger = logging.getLogger("relaycache")
 Listener = Callable[..., None]
 """Called as ``listener(event, backend, **data)``: ``event`` is ``"hit"`` (``key``),
 ``"miss"`` (``key``, ``reason``: ``"absent"``, ``"stale"`` or ``"corrupt"``),
-``"invalidated"`` (``tags``) or ``"uncacheable"`` (an ORM query run uncached: ``sql``,
+``"invalidated"`` (``tags``), and from the ORM layer ``"query"`` (a cached read: ``sql``,
+``key``, ``tags``, ``hit``) or ``"uncacheable"`` (a read run uncached: ``sql``,
 ``reason``)."""
 
 listeners: list[Listener] = []

@@ -191,7 +191,10 @@ class CachingCompilerMixin:
             note_uncacheable(options, reason, sql)
             return parent(result_type, chunked_fetch, chunk_size)
 
+        ran = []
+
         def fetch_rows() -> Any:
+            ran.append(True)
             result = parent(result_type, False, chunk_size)
             if result_type == SINGLE:
                 rows = [] if result is None else [list(result)]
@@ -205,6 +208,9 @@ class CachingCompilerMixin:
         data = options.cache.get_or_set(plan.key, fetch_rows, ttl=options.ttl, tags=plan.tags,
                                         singleflight=options.singleflight, store=plan.store,
                                         strict=False)
+        if events.listeners:
+            events.emit("query", options.cache, sql=sql, key=plan.key, tags=plan.tags,
+                        hit=not ran)
         try:
             rows = unpack_rows(data)
         except (ValueError, TypeError, LookupError) as exc:
