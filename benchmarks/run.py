@@ -1,0 +1,645 @@
+"""RelayCache versus django-cacheops, django-cachalot, plain Django and a raw-Redis floor.
+
+    .venv/bin/python -m benchmarks.run            # full run: writes benchmarks/RESULTS.md
+    .venv/bin/python -m benchmarks.run --smoke    # tiny, < 60 s, writes to a temp dir
+
+Needs PostgreSQL (``--database-url``, a server where it may create and drop a database
+``relaycache_bench_<run>``) and Redis (``--redis-url``, a spare database: only keys under
+``relaybench:<run>:`` are written and deleted; db 0 and 15 are refused). Each library runs
+in processes of its own, since cacheops and cachalot patch Django globally; libraries are
+interleaved in every round, and every ratio compares numbers of the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import selectors
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from importlib import metadata, util
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_DIR = ROOT / "benchmarks"
+ALL_LIBS = ["relaycache", "cacheops", "cachalot", "plain", "floor"]
+CACHING = ["relaycache", "cacheops", "cachalot"]
+WORKLOADS = ["hits", "misses", "invalidation", "mixed", "stampede", "stale", "memory"]
+QUERY_NAMES = ["top", "list20", "get", "select_related", "count", "decorator"]
+
+
+@dataclass
+class Config:
+    books: int = 20_000
+    genres: int = 50
+    publishers: int = 200
+    rounds: int = 7  # workload 1
+    hit_n: int = 400
+    hit_budget_s: float = 0.4
+    hit_warmup: int = 30
+    miss_rounds: int = 3
+    miss_n: int = 40
+    miss_budget_s: float = 0.5
+    inval_sizes: list[int] = field(default_factory=lambda: [1_000, 10_000, 100_000, 1_000_000])
+    inval_api_limit: int = 10_000  # sizes up to this: every entry made through the API
+    inval_api_seed: int = 1_000  # larger sizes: this many through the API, the rest copied
+    inval_repeats: int = 25
+    refill_budget: int = 1_000_000  # cacheops deletes its entries: cap the rewrites
+    pool: int = 4
+    mixed_rounds: int = 2
+    mixed_seconds: float = 6.0
+    mixed_warmup: float = 1.5
+    write_ratios: list[float] = field(default_factory=lambda: [0.01, 0.10])
+    stampede_procs: int = 4
+    stampede_threads: int = 8
+    stampede_rounds: int = 3
+    stampede_hold_s: float = 0.5
+    stale_seconds: float = 6.0
+    stale_rows: int = 6
+    stale_pause_s: float = 0.005
+    memory_entries: int = 2_000
+    growth_writes: int = 100_000
+    growth_checkpoints: int = 4
+    reads_per_write: float = 0.1
+    timeout_s: float = 900.0
+
+
+SMOKE = Config(
+    books=300, genres=10, publishers=20, rounds=1, hit_n=40, hit_budget_s=0.05, hit_warmup=3,
+    miss_rounds=1, miss_n=5, miss_budget_s=0.05, inval_sizes=[100, 1_000],
+    inval_api_limit=200, inval_api_seed=100, inval_repeats=3, refill_budget=20_000, pool=2,
+    mixed_rounds=1, mixed_seconds=0.5, mixed_warmup=0.2, stampede_procs=2, stampede_threads=4,
+    stampede_rounds=1, stampede_hold_s=0.3, stale_seconds=1.0, stale_rows=4, memory_entries=100,
+    growth_writes=400, growth_checkpoints=2, timeout_s=40.0)
+
+
+# -- worker processes --------------------------------------------------------------------
+
+class WorkerError(RuntimeError):
+    pass
+
+
+class Proc:
+    """A worker process of one library, driven by JSON lines."""
+
+    def __init__(self, lib: str, env: dict[str, str], log_dir: Path, index: int) -> None:
+        self.lib = lib
+        self.index = index
+        self.log_path = log_dir / f"{lib}-{index}.log"
+        self.log = open(self.log_path, "w+b")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.worker"], cwd=ROOT,
+            env={**env, "BENCH_LIBRARY": lib}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self.log, text=True, bufsize=1)
+        self.ready = False
+
+    def __repr__(self) -> str:
+        return f"<{self.lib} worker #{self.index} pid {self.proc.pid}>"
+
+    def send(self, cmd: str, **kwargs: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"cmd": cmd, **kwargs}) + "\n")
+        self.proc.stdin.flush()
+
+    def recv(self, timeout: float) -> Any:
+        assert self.proc.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            if not sel.select(timeout):
+                raise WorkerError(f"{self}: no reply within {timeout:.0f}s\n{self.tail()}")
+        line = self.proc.stdout.readline()
+        if not line:
+            raise WorkerError(f"{self} exited ({self.proc.poll()})\n{self.tail()}")
+        reply = json.loads(line)
+        if not reply["ok"]:
+            raise WorkerError(f"{self} failed:\n{reply['error']}")
+        return reply["result"]
+
+    def call(self, cmd: str, timeout: float, **kwargs: Any) -> Any:
+        self.send(cmd, **kwargs)
+        return self.recv(timeout)
+
+    def tail(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(Exception):
+                self.send("exit")
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+
+def start(libs_indices: list[tuple[str, int]], env: dict[str, str], log_dir: Path,
+          timeout: float) -> list[Proc]:
+    procs = [Proc(lib, env, log_dir, i) for lib, i in libs_indices]
+    for p in procs:
+        p.recv(timeout)
+        p.ready = True
+    return procs
+
+
+# -- the run -----------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, cfg: Config, args: argparse.Namespace) -> None:
+        self.cfg = cfg
+        self.args = args
+        self.run_id = os.urandom(3).hex()
+        self.prefix = f"relaybench:{self.run_id}:"
+        self.harness = self.prefix + "h:"
+        self.db_name = args.db_name or f"relaycache_bench_{self.run_id}"
+        self.redis = redis.Redis.from_url(args.redis_url, socket_timeout=30)
+        self.server = urlsplit(args.database_url)
+        self.log_dir = Path(tempfile.mkdtemp(prefix="relaycache-bench-logs-"))
+        self.env = {**os.environ, "DJANGO_SETTINGS_MODULE": "benchmarks.settings",
+                    "BENCH_REDIS_URL": args.redis_url, "BENCH_PREFIX": self.prefix,
+                    "BENCH_DATABASE_URL": self._db_url(self.db_name),
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
+                                                                os.environ.get("PYTHONPATH")])),
+                    "PYTHONHASHSEED": "0"}
+        self.main: dict[str, Proc] = {}
+        self.pools: dict[str, list[Proc]] = {}
+        self.all_procs: list[Proc] = []
+        self.results: dict[str, Any] = {"smoke": args.smoke, "config": dataclasses.asdict(cfg),
+                                        "notes": []}
+        wanted = {*args.libs, "plain"}  # plain Django: the baseline, and the seeder
+        self.libs = [lib for lib in ALL_LIBS if lib in wanted and self._available(lib)]
+        self.started = time.monotonic()
+
+    def _available(self, lib: str) -> bool:
+        module = {"cacheops": "cacheops", "cachalot": "cachalot"}.get(lib)
+        if module and util.find_spec(module) is None:
+            self.results["notes"].append(
+                f"{lib} is not installed (pip install -e '.[bench]'): not benchmarked")
+            return False
+        return True
+
+    def _db_url(self, name: str) -> str:
+        s = self.server
+        auth = s.username or "postgres"
+        if s.password:
+            auth += f":{s.password}"
+        return f"postgresql://{auth}@{s.hostname or '127.0.0.1'}:{s.port or 5432}/{name}"
+
+    def admin_sql(self, sql: str, dbname: str = "postgres") -> Any:
+        import psycopg
+
+        s = self.server
+        with psycopg.connect(dbname=dbname, user=s.username or "postgres",
+                             password=s.password or None, host=s.hostname or "127.0.0.1",
+                             port=s.port or 5432, autocommit=True, connect_timeout=10) as conn:
+            cur = conn.execute(sql)
+            return cur.fetchall() if cur.description else None
+
+    def log(self, message: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.1f}s] {message}", flush=True)
+
+    @property
+    def caching(self) -> list[str]:
+        return [lib for lib in CACHING if lib in self.libs]
+
+    def rotated(self, libs: list[str], r: int) -> list[str]:
+        r %= len(libs)
+        return libs[r:] + libs[:r]
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.check_services()
+        self.admin_sql(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+        self.admin_sql(f'CREATE DATABASE "{self.db_name}"')
+        try:
+            self.log(f"database {self.db_name}, Redis {self.args.redis_url} "
+                     f"prefix {self.prefix}, libraries {', '.join(self.libs)}")
+            plain = start([("plain", 0)], self.env, self.log_dir, 60)[0]
+            self.all_procs.append(plain)
+            self.main["plain"] = plain
+            self.results["data"] = plain.call(
+                "migrate_seed", cfg.timeout_s, books=cfg.books, genres=cfg.genres,
+                publishers=cfg.publishers)
+            self.log(f"seeded {self.results['data']}")
+            params = plain.call("params", 60)
+            self.results["params"] = params
+            others = [(lib, 0) for lib in self.libs if lib != "plain"]
+            for p in start(others, self.env, self.log_dir, 120):
+                self.main[p.lib] = p
+                self.all_procs.append(p)
+            for p in self.main.values():
+                p.call("set_params", 120, params=params)
+            self.results["machine"] = self.machine()
+            only = set(self.args.only or WORKLOADS)
+            for name, step in [("hits", self.hits), ("misses", self.misses),
+                               ("invalidation", self.invalidation),
+                               ("memory", self.entry_memory)]:
+                if name in only:
+                    step()
+            if only & {"mixed", "stampede", "stale", "memory"}:
+                self.start_pools()
+            for name, step in [("mixed", self.mixed), ("stampede", self.stampede),
+                               ("stale", self.stale), ("memory", self.growth)]:
+                if name in only:
+                    step()
+            self.results["machine"]["loadavg_end"] = os.getloadavg()
+            self.results["seconds"] = time.monotonic() - self.started
+        finally:
+            for p in self.all_procs:
+                p.stop()
+            with contextlib.suppress(Exception):
+                self.admin_sql(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+            from benchmarks.keyspace import delete_prefix
+
+            with contextlib.suppress(Exception):
+                delete_prefix(self.redis, self.prefix)
+        return self.results
+
+    def check_services(self) -> None:
+        db = int(urlsplit(self.args.redis_url).path.lstrip("/") or 0)
+        if db in (0, 15):
+            raise SystemExit(f"refusing Redis db {db}: use a spare database such as 13")
+        try:
+            self.redis.ping()
+        except redis.RedisError as exc:
+            raise SystemExit(f"Redis at {self.args.redis_url} unreachable: {exc}") from None
+        try:
+            self.admin_sql("SELECT 1")
+        except Exception as exc:
+            raise SystemExit(f"PostgreSQL at {self.args.database_url} unreachable: {exc}"
+                             ) from None
+
+    def machine(self) -> dict[str, Any]:
+        cpu = "unknown"
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+        packages = {}
+        for name in ("relaycache", "Django", "django-cacheops", "django-cachalot", "redis",
+                     "hiredis", "psycopg", "orjson", "matplotlib"):
+            try:
+                packages[name] = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                packages[name] = "not installed"
+        return {
+            "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(), "packages": packages,
+            "redis_server": self.redis.info("server").get("redis_version"),
+            "postgresql": self.admin_sql("SHOW server_version")[0][0],
+            "loadavg_start": os.getloadavg(),
+        }
+
+    # -- workload 1 -----------------------------------------------------------------
+
+    def hits(self) -> None:
+        cfg = self.cfg
+        out: dict[str, dict[str, Any]] = {q: {lib: {"rounds": []} for lib in self.libs}
+                                          for q in QUERY_NAMES}
+        for r in range(cfg.rounds):
+            for q in QUERY_NAMES:
+                for lib in self.rotated(self.libs, r):
+                    res = self.main[lib].call("hit", 120, query=q, n=cfg.hit_n,
+                                              budget_s=cfg.hit_budget_s,
+                                              warmup=cfg.hit_warmup)
+                    out[q][lib]["rounds"].append(res)
+            self.log(f"workload 1 (hits): round {r + 1}/{cfg.rounds} done")
+        for q in QUERY_NAMES:
+            for lib in self.libs:
+                rounds = out[q][lib]["rounds"]
+                entry = out[q][lib]
+                entry["median_ns"] = statistics.median(x["median_ns"] for x in rounds)
+                entry["min_round_ns"] = min(x["median_ns"] for x in rounds)
+                entry["max_round_ns"] = max(x["median_ns"] for x in rounds)
+                entry["samples"] = sum(x["n"] for x in rounds)
+                entry["db_selects"] = sum(x["db_selects"] for x in rounds)
+                entry["fingerprint"] = rounds[-1]["fingerprint"]
+                entry["backend"] = rounds[-1]["backend"]
+                entry["rounds"] = [x["median_ns"] for x in rounds]
+        self.results["hits"] = out
+
+    # -- workload 2 -----------------------------------------------------------------
+
+    def misses(self) -> None:
+        cfg = self.cfg
+        libs = [lib for lib in self.libs if lib != "floor"]
+        out: dict[str, dict[str, Any]] = {q: {lib: {"rounds": []} for lib in libs}
+                                          for q in QUERY_NAMES}
+        for r in range(cfg.miss_rounds):
+            for q in QUERY_NAMES:
+                for lib in self.rotated(libs, r):
+                    out[q][lib]["rounds"].append(self.main[lib].call(
+                        "miss", 120, query=q, n=cfg.miss_n, budget_s=cfg.miss_budget_s))
+            self.log(f"workload 2 (misses): round {r + 1}/{cfg.miss_rounds} done")
+        for q in QUERY_NAMES:
+            for lib in libs:
+                rounds = out[q][lib]["rounds"]
+                out[q][lib] = {
+                    "median_ns": statistics.median(x["median_ns"] for x in rounds),
+                    "samples": sum(x["n"] for x in rounds),
+                    "db_selects_per_call": statistics.mean(x["db_selects_per_call"]
+                                                           for x in rounds)}
+        self.results["misses"] = out
+
+    # -- workload 3 -----------------------------------------------------------------
+
+    def invalidation(self) -> None:
+        cfg = self.cfg
+        out: dict[str, list[Any]] = {lib: [] for lib in self.caching}
+        for i, size in enumerate(cfg.inval_sizes):
+            for lib in self.rotated(self.caching, i):
+                res = self.main[lib].call("inval", cfg.timeout_s, size=size,
+                                          api_entries=(size - 1 if size <= cfg.inval_api_limit
+                                                       else cfg.inval_api_seed),
+                                          repeats=cfg.inval_repeats,
+                                          refill_budget=cfg.refill_budget)
+                out[lib].append(res)
+                self.log(f"workload 3 (invalidation): {lib} {size:,} entries: "
+                         f"{res['invalidate']['median_ns'] / 1e3:.1f} us invalidate, "
+                         f"{res['save']['median_ns'] / 1e3:.1f} us save()")
+        self.results["invalidation"] = out
+
+    # -- workload 7a ----------------------------------------------------------------
+
+    def entry_memory(self) -> None:
+        out = {}
+        for lib in [*self.caching, *(["floor"] if "floor" in self.libs else [])]:
+            out[lib] = self.main[lib].call("entry_memory", self.cfg.timeout_s,
+                                           count=self.cfg.memory_entries)
+        self.results["entry_memory"] = out
+        self.log("workload 7 (bytes per entry) done")
+
+    # -- pools ------------------------------------------------------------------------
+
+    def start_pools(self) -> None:
+        libs = [lib for lib in self.libs if lib != "floor"]
+        extra = [(lib, i) for lib in libs for i in range(1, self.cfg.pool)]
+        started = start(extra, self.env, self.log_dir, 180)
+        self.all_procs.extend(started)
+        for lib in libs:
+            self.pools[lib] = [self.main[lib], *[p for p in started if p.lib == lib]]
+        self.log(f"pools of {self.cfg.pool} processes per library started")
+
+    def group(self, procs: list[Proc], name: str, commands: list[dict[str, Any]],
+              between: Any = None, timeout: float | None = None) -> list[Any]:
+        """Send one command to each process; release them together at barrier ``name``."""
+        ready_key, go_key = f"{self.harness}b:{name}:ready", f"{self.harness}b:{name}:go"
+        for proc, command in zip(procs, commands, strict=True):
+            proc.send(barrier=name, **command)
+        deadline = time.monotonic() + 120
+        while int(self.redis.get(ready_key) or 0) < len(procs):
+            for proc in procs:
+                if proc.proc.poll() is not None:
+                    raise WorkerError(f"{proc} exited\n{proc.tail()}")
+            if time.monotonic() > deadline:
+                raise WorkerError(f"barrier {name}: processes not ready")
+            time.sleep(0.01)
+        if between is not None:
+            with between():
+                self.redis.rpush(go_key, *["go"] * len(procs))
+        else:
+            self.redis.rpush(go_key, *["go"] * len(procs))
+        results = [proc.recv(timeout or self.cfg.timeout_s) for proc in procs]
+        self.redis.delete(ready_key, go_key)
+        return results
+
+    # -- workload 4 -----------------------------------------------------------------
+
+    def mixed(self) -> None:
+        cfg = self.cfg
+        libs = [lib for lib in self.libs if lib != "floor"]
+        raw: dict[str, dict[str, list[Any]]] = {str(w): {lib: [] for lib in libs}
+                                               for w in cfg.write_ratios}
+        n = 0
+        for r in range(cfg.mixed_rounds):
+            for ratio in cfg.write_ratios:
+                for lib in self.rotated(libs, r + n):
+                    self.main[lib].call("reset", 120)
+                    procs = self.pools[lib]
+                    n += 1
+                    res = self.group(procs, f"mixed{n}", [
+                        {"cmd": "mixed", "seconds": cfg.mixed_seconds,
+                         "warmup": cfg.mixed_warmup, "write_ratio": ratio,
+                         "seed": 1000 * n + i} for i in range(len(procs))])
+                    raw[str(ratio)][lib].append(res)
+            self.log(f"workload 4 (mixed load): round {r + 1}/{cfg.mixed_rounds} done")
+        out: dict[str, dict[str, Any]] = {}
+        for ratio, per_lib in raw.items():
+            out[ratio] = {}
+            for lib, runs in per_lib.items():
+                reads = sorted(x for run in runs for member in run for x in member["reads"])
+                writes = sorted(x for run in runs for member in run for x in member["writes"])
+                seconds = sum(run[0]["seconds"] for run in runs)
+                queries = sum(m["queries"] for run in runs for m in run)
+                selects = sum(m["db_selects"] for run in runs for m in run)
+                out[ratio][lib] = {
+                    "ops_per_s": (len(reads) + len(writes)) / seconds,
+                    "reads": len(reads), "writes": len(writes),
+                    "read_p50_ns": pct(reads, 50), "read_p99_ns": pct(reads, 99),
+                    "write_p50_ns": pct(writes, 50), "write_p99_ns": pct(writes, 99),
+                    "hit_ratio": 1 - selects / queries if queries else 0.0,
+                    "errors": sum(m["errors"] for run in runs for m in run),
+                    "processes": len(self.pools[lib]),
+                }
+        self.results["mixed"] = out
+
+    # -- workload 5 -----------------------------------------------------------------
+
+    def stampede(self) -> None:
+        cfg = self.cfg
+        libs = [lib for lib in self.libs if lib != "floor"]
+        out: dict[str, list[Any]] = {lib: [] for lib in libs}
+        for r in range(cfg.stampede_rounds):
+            for lib in self.rotated(libs, r):
+                procs = self.pools[lib][: cfg.stampede_procs]
+                threads = cfg.stampede_threads
+                started = time.monotonic()
+                res = self.group(procs, f"stampede{r}{lib}", [
+                    {"cmd": "stampede", "threads": threads, "round_no": r}
+                    for _ in procs], between=lambda: self.table_lock(cfg.stampede_hold_s))
+                wall = time.monotonic() - started
+                fps = sorted({fp for x in res for fp in x["fingerprints"]})
+                errors = [e for x in res for e in x["errors"]]
+                lat = sorted(v for x in res for v in x["latencies_ns"])
+                out[lib].append({"db_queries": sum(x["db_selects"] for x in res),
+                                 "clients": len(lat), "processes": len(procs),
+                                 "distinct_results": len(fps), "errors": errors[:1],
+                                 "backend": [x["backend"] for x in res],
+                                 "max_latency_ns": lat[-1] if lat else None,
+                                 "median_latency_ns": pct(lat, 50), "wall_s": wall})
+            self.log(f"workload 5 (stampede): round {r + 1}/{cfg.stampede_rounds} done")
+        self.results["stampede"] = out
+
+    @contextlib.contextmanager
+    def table_lock(self, hold: float):
+        """Hold ACCESS EXCLUSIVE on books_book for ``hold`` seconds: every read of the
+        table waits, so the stampede's query takes ``hold`` seconds in every library."""
+        import psycopg
+
+        s = self.server
+        with psycopg.connect(dbname=self.db_name, user=s.username or "postgres",
+                             password=s.password or None, host=s.hostname or "127.0.0.1",
+                             port=s.port or 5432, connect_timeout=10) as conn:
+            conn.execute("LOCK TABLE books_book IN ACCESS EXCLUSIVE MODE")
+            yield
+            time.sleep(hold)
+            conn.rollback()
+
+    # -- workload 6 -----------------------------------------------------------------
+
+    def stale(self) -> None:
+        cfg = self.cfg
+        libs = [lib for lib in self.libs if lib != "floor"]
+        out = {}
+        for i, lib in enumerate(self.rotated(libs, 1)):
+            rows = self.main["plain"].call("make_stale_rows", 60, count=cfg.stale_rows)
+            self.main[lib].call("reset", 120)
+            procs = self.pools[lib]
+            zset = f"{self.harness}stale:{lib}"
+            res = self.group(procs, f"stale{i}", [
+                {"cmd": "stale", "role": "writer" if j == 0 else "reader",
+                 "seconds": cfg.stale_seconds, "rows": rows, "seed": 77 + j, "zset": zset,
+                 "pause": cfg.stale_pause_s} for j in range(len(procs))])
+            writers = [x for x in res if x["role"] == "writer"]
+            readers = [x for x in res if x["role"] == "reader"]
+            shapes: dict[str, int] = {}
+            stale_shapes: dict[str, int] = {}
+            for x in readers:
+                for k, v in x["shapes"].items():
+                    shapes[k] = shapes.get(k, 0) + v
+                for k, v in x["stale_shapes"].items():
+                    stale_shapes[k] = stale_shapes.get(k, 0) + v
+            reads = sum(x["reads"] for x in readers)
+            out[lib] = {"writes": sum(x["writes"] for x in writers),
+                        "ops": writers[0]["ops"] if writers else {},
+                        "reads": reads, "stale": sum(x["stale"] for x in readers),
+                        "hit_ratio": sum(x["hits"] for x in readers) / reads if reads else 0,
+                        "shapes": shapes, "stale_shapes": stale_shapes,
+                        "examples": [e for x in readers for e in x["examples"]][:3],
+                        "writers": len(writers), "readers": len(readers)}
+            self.log(f"workload 6 (stale reads): {lib}: {out[lib]['stale']} stale of "
+                     f"{reads} reads, {out[lib]['writes']} writes")
+        self.results["stale"] = out
+
+    # -- workload 7b ----------------------------------------------------------------
+
+    def growth(self) -> None:
+        from benchmarks.keyspace import prefix_usage
+
+        cfg = self.cfg
+        out = {}
+        chunk = cfg.growth_writes // cfg.growth_checkpoints
+        for lib in self.caching:
+            self.main[lib].call("reset", 120)
+            prefix = self.main_prefix(lib)
+            procs = self.pools[lib]
+            points = [{"writes": 0, **prefix_usage(self.redis, prefix), "seconds": 0.0}]
+            done = 0
+            for c in range(cfg.growth_checkpoints):
+                per = chunk // len(procs)
+                t0 = time.monotonic()
+                for j, proc in enumerate(procs):
+                    proc.send("growth", writes=per, reads_per_write=cfg.reads_per_write,
+                              seed=c * 100 + j + 1)
+                for proc in procs:
+                    proc.recv(cfg.timeout_s)
+                done += per * len(procs)
+                points.append({"writes": done, **prefix_usage(self.redis, prefix),
+                               "seconds": time.monotonic() - t0})
+            out[lib] = points
+            self.log(f"workload 7 (growth): {lib}: {points[0]['keys']} -> "
+                     f"{points[-1]['keys']} keys, {points[-1]['bytes']:,} bytes after "
+                     f"{done:,} writes")
+            self.main[lib].call("reset", 120)
+        self.results["growth"] = out
+
+    def main_prefix(self, lib: str) -> str:
+        """The library's key prefix, as benchmarks/settings.py sets it."""
+        return self.prefix + {"relaycache": "rc:", "cacheops": "co:", "cachalot": "ca",
+                              "floor": "fl:"}[lib]
+
+
+def pct(ordered: list[int], p: float) -> float | None:
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny data, 1 round, small sizes; finishes in well under 60 s")
+    parser.add_argument("--database-url", default=os.environ.get(
+        "BENCH_DATABASE_SERVER", "postgres://postgres@127.0.0.1:5432/postgres"),
+        help="PostgreSQL server on which to create (and drop) the bench database")
+    parser.add_argument("--db-name", help="name of the scratch database "
+                                          "(default relaycache_bench_<run id>)")
+    parser.add_argument("--redis-url", default=os.environ.get(
+        "BENCH_REDIS_URL", "redis://127.0.0.1:6379/13"),
+        help="a spare Redis database (not 0 or 15); only this run's keys are touched")
+    parser.add_argument("--out", type=Path, help="directory for RESULTS.md, plots and "
+                        "results.json (default: benchmarks/, or a temp dir with --smoke)")
+    parser.add_argument("--rounds", type=int, help="override the rounds of workload 1")
+    parser.add_argument("--only", nargs="+", choices=WORKLOADS,
+                        help="run only these workloads (for development)")
+    parser.add_argument("--inval-sizes", nargs="+", type=int,
+                        help="override the entry counts of workload 3")
+    parser.add_argument("--libs", nargs="+", choices=ALL_LIBS, default=ALL_LIBS,
+                        help="libraries to run (default: all; plain is always run)")
+    parser.add_argument("--report-only", type=Path, metavar="RESULTS_JSON",
+                        help="re-render RESULTS.md and plots from a saved results.json")
+    args = parser.parse_args(argv)
+    out_dir = args.out or (Path(tempfile.gettempdir()) / "relaycache-bench-smoke"
+                           if args.smoke else BENCH_DIR)
+    from benchmarks import report
+
+    if args.report_only:
+        results = json.loads(args.report_only.read_text())
+        report.write(results, out_dir)
+        print(f"wrote {out_dir / 'RESULTS.md'}")
+        return 0
+    cfg = dataclasses.replace(SMOKE if args.smoke else Config())
+    if args.rounds:
+        cfg.rounds = args.rounds
+    if args.inval_sizes:
+        cfg.inval_sizes = args.inval_sizes
+    bench = Bench(cfg, args)
+    try:
+        results = bench.run()
+    except WorkerError as exc:
+        print(f"benchmark failed: {exc}\nworker logs: {bench.log_dir}", file=sys.stderr)
+        return 1
+    except Exception:
+        traceback.print_exc()
+        print(f"worker logs: {bench.log_dir}", file=sys.stderr)
+        return 1
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    text = report.write(results, out_dir)
+    print(text)
+    print(f"\nwrote {out_dir / 'RESULTS.md'} in {results['seconds']:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
