@@ -107,7 +107,7 @@ def _allows_extra(query: Query) -> bool:
 _SCALAR_BASES = (bool, int, float, str, bytes)
 
 
-def _param_data(param: Any) -> Any:
+def param_data(param: Any) -> Any:
     """A parameter as key data. Database adapters wrap some values (psycopg's ``Int4``
     for ``Value(1)``, ``Jsonb`` for JSON lookups); the wrapper's type is part of the key
     since it changes the SQL the database runs."""
@@ -137,7 +137,7 @@ def plan_read(query: Query, connection: Any, sql: str, params: Any, shape: Any,
     if dirty and ("*" in dirty or dirty & tables):
         raise Uncacheable("a table it reads was written in this transaction")
     try:
-        encoded_params = [_param_data(param) for param in params]
+        encoded_params = [param_data(param) for param in params]
     except TypeError as exc:
         raise Uncacheable(f"a parameter cannot be encoded: {exc}") from None
     entry_digest = digest([ROWS_FORMAT, namespace(using), sql, encoded_params, shape])

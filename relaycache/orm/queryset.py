@@ -10,8 +10,7 @@ from typing import Any, TypeVar
 
 from django.core.exceptions import EmptyResultSet, FieldError
 from django.db import NotSupportedError, connections, models
-from django.db.models import Count, F, Prefetch, prefetch_related_objects
-from django.db.models.constants import LOOKUP_SEP
+from django.db.models import Count, Prefetch, prefetch_related_objects
 from django.db.models.sql.constants import MULTI
 from django.db.models.sql.query import Query
 
@@ -24,6 +23,7 @@ from .compiler import (
     active_options,
     computing,
     note_uncacheable,
+    param_data,
     plan_read,
 )
 from .invalidation import install_everywhere, register_backend
@@ -172,25 +172,36 @@ class CachedQuerySetMixin:
 
     def _cached_aggregate(self, kind: str, named: dict[str, Any], compute: Callable[[], Any],
                           options: CacheOptions) -> Any:
-        """Cache an aggregation under the SQL of this queryset annotated with it: the
-        same SQL and tables as the aggregation, compiled once. Where Django refuses
-        that annotation (over combined queries, or over an aggregate annotation), an
-        aggregation that reads no other table is keyed by this queryset's SQL and the
-        aggregate expressions instead."""
-        shape: list[Any] = [kind]
-        try:
-            probe = self.annotate(**named)  # type: ignore[attr-defined]
-        except (NotSupportedError, FieldError, TypeError, ValueError):
-            if not _reads_no_other_table(named.values()):
-                note_uncacheable(options, Uncacheable(f"{kind}() of this query"), "")
-                return compute()
-            probe, shape = self, [kind, repr(sorted(named.items()))]
-        compiler = probe.query.get_compiler(self.db)
+        """Cache an aggregation under SQL that determines it, compiled once.
+
+        An aggregation of the query's own columns (``count()``, ``Sum("price")``) reads
+        no other table: it is keyed by this queryset's SQL and each aggregate's own SQL.
+        One that follows relations (``Count("reviews")``) is keyed by the SQL of this
+        queryset annotated with it, which has the aggregation's joins and tables.
+        """
+        compiler = self.query.chain().get_compiler(self.db)
         try:
             sql, params = compiler.as_sql()
-            plan = plan_read(compiler.query, compiler.connection, sql, params, shape, options)
+            shape = [kind, *_aggregates_sql(compiler, named)]
         except EmptyResultSet:
             return compute()
+        except (TypeError, ValueError) as exc:  # Django reports bad aggregates itself
+            note_uncacheable(options, Uncacheable(f"{kind}() of this query: {exc}"), "")
+            return compute()
+        except FieldError:  # the aggregates need joins: key by the annotated query
+            try:
+                probe = self.annotate(**named)  # type: ignore[attr-defined]
+            except (NotSupportedError, FieldError, TypeError, ValueError):
+                note_uncacheable(options, Uncacheable(f"{kind}() of this query"), "")
+                return compute()
+            compiler = probe.query.get_compiler(self.db)
+            try:
+                sql, params = compiler.as_sql()
+            except EmptyResultSet:
+                return compute()
+            shape = [kind]
+        try:
+            plan = plan_read(compiler.query, compiler.connection, sql, params, shape, options)
         except Uncacheable as reason:
             note_uncacheable(options, reason, sql)
             return compute()
@@ -223,15 +234,20 @@ class CachedQuerySetMixin:
         self._prefetch_done = True
 
 
-def _reads_no_other_table(expressions: Iterable[Any]) -> bool:
-    """True if the expressions only name the query's own columns and annotations."""
-    for expression in expressions:
-        for node in expression.flatten():
-            if isinstance(node, F) and LOOKUP_SEP in node.name:
-                return False
-            if getattr(node, "query", None) is not None:
-                return False
-    return True
+def _aggregates_sql(compiler: Any, named: dict[str, Any]) -> list[Any]:
+    """Each aggregate's own SQL and parameters, so the key never rests on ``repr()`` of
+    values. Raises ``FieldError`` if an aggregate adds a join (it reads other tables)."""
+    query = compiler.query
+    aliases = set(query.alias_map)
+    parts = []
+    for alias in sorted(named):
+        resolved = named[alias].resolve_expression(query, allow_joins=True, reuse=None,
+                                                   summarize=True)
+        if set(query.alias_map) != aliases or getattr(resolved, "contains_subquery", False):
+            raise FieldError("the aggregate reads other tables")
+        agg_sql, agg_params = compiler.compile(resolved)
+        parts.append([alias, agg_sql, [param_data(p) for p in agg_params]])
+    return parts
 
 
 def _cached_prefetch(lookup: Any, options: CacheOptions) -> Any:
