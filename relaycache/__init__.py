@@ -13,6 +13,7 @@ from .backends.memory import InMemoryCache
 from .backends.redis import RedisCache
 from .breaker import CircuitBreaker
 from .codec import register_type
+from .compression import Zstd
 from .config import get_default_backend, set_default_backend
 from .decorator import CachedFunction, ainvalidate, cache, invalidate
 from .events import add_listener, remove_listener
@@ -34,6 +35,7 @@ __all__ = [
     "InMemoryCache",
     "RedisCache",
     "Stats",
+    "Zstd",
     "add_listener",
     "ainvalidate",
     "cache",

@@ -25,6 +25,7 @@ import orjson
 from .. import events
 from ..breaker import CircuitBreaker
 from ..codec import from_json, may_hold_markers, to_json
+from ..compression import Zstd
 from ..keys import check_key, check_tags, check_ttl
 from ..stats import Stats
 
@@ -140,7 +141,10 @@ class BaseCache:
     :param stamp_ttl: seconds a tag stamp lives; defaults to twice ``default_ttl``
         and at least a day. An expired stamp only costs misses, never a stale read.
     :param lease_ttl: seconds a singleflight holder may compute before others proceed.
-    :param max_entry_size: encoded entries larger than this (bytes) are not stored.
+    :param max_entry_size: encoded entries larger than this (bytes, after compression)
+        are not stored.
+    :param compression: a :class:`relaycache.compression.Zstd` to compress large
+        entries (``None``: no compression).
     """
 
     errors: tuple[type[BaseException], ...] = ()
@@ -157,6 +161,7 @@ class BaseCache:
         lease_ttl: float = 30.0,
         max_entry_size: int = 1024 * 1024,
         breaker: CircuitBreaker | None = None,
+        compression: Zstd | None = None,
     ) -> None:
         check_ttl(default_ttl)
         if not value_prefix or not meta_prefix or value_prefix == meta_prefix:
@@ -174,6 +179,7 @@ class BaseCache:
         self.lease_ttl = lease_ttl
         self.max_entry_size = max_entry_size
         self.breaker = breaker or CircuitBreaker()
+        self.compression = compression
         self.stats = Stats()
         self._flights = _LocalFlights()
         self._aflights = _AsyncLocalFlights()
@@ -312,6 +318,8 @@ class BaseCache:
         if raw is None:
             return self._missed(vkey, "absent")
         try:
+            if self.compression is not None:
+                raw = self.compression.decompress(raw)
             entry_tags, entry_stamps, data = orjson.loads(raw)
             fresh = entry_tags == tags and entry_stamps == stamps and None not in stamps
             value = from_json(data) if fresh and may_hold_markers(raw) else data
@@ -335,6 +343,8 @@ class BaseCache:
 
     def _encode_for_store(self, tags: list[str], stamps: Stamps, value: Any) -> bytes | None:
         raw = self._pack(tags, stamps, value)
+        if self.compression is not None:
+            raw = self.compression.compress(raw)
         if len(raw) > self.max_entry_size:
             self.stats.incr("oversize")
             logger.info("relaycache: entry of %d bytes over max_entry_size not stored", len(raw))
