@@ -52,8 +52,10 @@ def main() -> None:
             results = {name: {"hit": [], "store": []} for name in backends}
             for _ in range(3):  # interleaved rounds
                 for name, backend in backends.items():
-                    results[name]["store"].append(timed(
-                        lambda b=backend, v=value: b.set("v", v, tags=["books"]), args.repeats // 3))
+                    def store(b: RedisCache = backend, v: list = value) -> None:
+                        b.set("v", v, tags=["books"])
+
+                    results[name]["store"].append(timed(store, args.repeats // 3))
                     results[name]["hit"].append(timed(
                         lambda b=backend: b.get("v", tags=["books"]), args.repeats))
             for name, backend in backends.items():
