@@ -85,11 +85,21 @@ def call_arguments(bound: inspect.BoundArguments) -> dict[str, Any]:
     return arguments
 
 
+def _check_encodable(text: str, what: str) -> None:
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{what} must be valid Unicode (no lone surrogates): "
+                             f"{text[:40]!r}") from None
+
+
 def check_key(key: Any) -> str:
     if not isinstance(key, str):
         raise TypeError(f"cache keys must be str, got {type(key).__qualname__}")
     if not key or len(key) > MAX_KEY_LENGTH:
         raise ValueError(f"cache keys must have 1 to {MAX_KEY_LENGTH} characters, got {len(key)}")
+    _check_encodable(key, "cache keys")
     return key
 
 
@@ -103,6 +113,7 @@ def check_tags(tags: Iterable[Any]) -> list[str]:
             raise TypeError(f"tags must be str, got {type(tag).__qualname__}: {tag!r}")
         if not tag or len(tag) > MAX_TAG_LENGTH:
             raise ValueError(f"tags must have 1 to {MAX_TAG_LENGTH} characters: {tag[:40]!r}")
+        _check_encodable(tag, "tags")
         result.add(tag)
     return sorted(result)
 

@@ -8,7 +8,13 @@ Test modules use the fixtures with ``pytest_plugins = ("tests.servers",)``:
 
 - ``redis_server``: a fresh server for one test;
 - ``redis_server_factory``: build more (``persist=True``, extra arguments...);
-- ``redis_cluster``: a 3-master Redis Cluster shared by one test module.
+- ``redis_cluster``: a 3-master Redis Cluster shared by one test module;
+- ``shared_redis_cluster``: a 3-master Redis Cluster shared by every module of the
+  session that uses it (for tests that leave its topology alone);
+- ``redis_cluster_with_replicas``: 3 masters with one replica each, for one module;
+- ``redis_sentinel``: a master, a replica and 3 Sentinels (``redis-server --sentinel``);
+- ``tcp_proxy_factory``: a loopback TCP proxy to a server that can add latency or
+  black-hole the traffic (:class:`TcpProxy`).
 
 If ``redis-server`` (or ``redis-cli`` for the cluster) is not installed the fixtures
 skip, which ``RELAYCACHE_STRICT=1`` turns into a failure.
@@ -28,6 +34,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -221,15 +228,25 @@ def reset_stats(client: redis.Redis) -> None:
     client.config_resetstat()
 
 
-class RedisClusterProcesses:
-    """Three cluster-enabled masters on loopback, joined by ``redis-cli --cluster create``."""
+# A replica's first sync starts at once (Redis 7 waits 5 s by default before a
+# diskless sync, in case more replicas come).
+REPLICATION_ARGS = ("--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0")
 
-    def __init__(self, masters: int = 3, node_timeout_ms: int = 15000) -> None:
+
+class RedisClusterProcesses:
+    """Cluster-enabled masters on loopback (and ``replicas`` replicas of each), joined
+    by ``redis-cli --cluster create``."""
+
+    def __init__(self, masters: int = 3, node_timeout_ms: int = 15000,
+                 replicas: int = 0) -> None:
+        self.masters = masters
+        self.replicas = replicas
         self.servers = [
             RedisServer(cluster=True, extra_args=(
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", str(node_timeout_ms)))
-            for _ in range(masters)
+                "--cluster-node-timeout", str(node_timeout_ms),
+                *(REPLICATION_ARGS if replicas else ())))
+            for _ in range(masters * (1 + replicas))
         ]
 
     @property
@@ -244,12 +261,14 @@ class RedisClusterProcesses:
             server.start()
         create = subprocess.run(
             [cli, "--cluster", "create", *(f"{HOST}:{p}" for p in self.ports),
-             "--cluster-replicas", "0", "--cluster-yes"],
+             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
             stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False)
         if create.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: "
                                f"{create.stdout.decode()} {create.stderr.decode()}")
         self.wait_ok(timeout)
+        if self.replicas:
+            self.wait_replicas_synced(timeout)
         return self
 
     def wait_ok(self, timeout: float = 30.0) -> None:
@@ -275,9 +294,360 @@ class RedisClusterProcesses:
     def node_clients(self) -> list[redis.Redis]:
         return [server.client() for server in self.servers]
 
+    def roles(self) -> dict[int, dict[str, Any]]:
+        """``INFO replication`` of every node, by port."""
+        roles = {}
+        for server in self.servers:
+            with server.client() as node:
+                roles[server.port] = node.info("replication")
+        return roles
+
+    def wait_replicas_synced(self, timeout: float = 30.0) -> None:
+        """Until every master has its replicas, each with its link up."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                roles = self.roles()
+            except redis.RedisError as exc:
+                roles = {0: {"error": repr(exc)}}
+            replicas = [r for r in roles.values() if r.get("role") == "slave"]
+            masters = [r for r in roles.values() if r.get("role") == "master"]
+            if (len(masters) == self.masters
+                    and len(replicas) == self.masters * self.replicas
+                    and all(r.get("master_link_status") == "up" for r in replicas)
+                    and all(r.get("connected_slaves") == self.replicas for r in masters)
+                    and self.views_agree()):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"replicas not in sync within {timeout}s: {roles}")
+            time.sleep(0.1)
+
+    def views_agree(self) -> bool:
+        """Every node's ``CLUSTER NODES`` names the same masters and replicas (a replica
+        can only be promoted once the masters that vote know whose replica it is)."""
+        views = []
+        try:
+            for server in self.servers:
+                with server.client() as node:
+                    nodes = node.execute_command("CLUSTER NODES")
+                views.append(sorted(
+                    (info["node_id"], "slave" in info["flags"], info["master_id"],
+                     str(info["slots"]))
+                    for info in nodes.values()
+                    if not {"fail", "fail?", "handshake", "noaddr"} & set(
+                        info["flags"].split(","))))
+        except redis.RedisError:
+            return False
+        return len(views[0]) == len(self.servers) and all(v == views[0] for v in views)
+
+    def server(self, port: int) -> RedisServer:
+        return next(server for server in self.servers if server.port == port)
+
+    def node_id(self, port: int) -> str:
+        with self.server(port).client() as node:
+            return _text(node.execute_command("CLUSTER MYID"))
+
+    def master_ports(self) -> list[int]:
+        return sorted(port for port, info in self.roles().items() if info.get("role") == "master")
+
+    def replica_of(self, master_port: int) -> int:
+        """The port of a replica of the master on ``master_port``."""
+        for port, info in self.roles().items():
+            if info.get("role") == "slave" and int(info.get("master_port", 0)) == master_port:
+                return port
+        raise LookupError(f"no replica of {master_port}")
+
     def cleanup(self) -> None:
         for server in self.servers:
             server.cleanup()
+
+
+def _text(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+# -- Sentinel -----------------------------------------------------------------------
+
+
+def _flags(state: dict[str, Any]) -> list[str]:
+    flags = state["flags"]
+    return sorted(flags.split(",") if isinstance(flags, str) else flags)
+
+
+class SentinelServer(RedisServer):
+    """``redis-server sentinel.conf --sentinel`` monitoring the master on ``master_port``
+    as ``name``. The configuration file is its own (Sentinel rewrites it)."""
+
+    def __init__(self, master_port: int, *, name: str = "mymaster", quorum: int = 2,
+                 down_after_ms: int = 1000, failover_timeout_ms: int = 3000) -> None:
+        super().__init__()
+        self.conf_path = self.dir / "sentinel.conf"
+        self.conf_path.write_text("\n".join([
+            f"port {self.port}", f"bind {HOST}", "daemonize no", "protected-mode no",
+            f'dir "{self.dir}"', f'logfile "{self.log_path}"',
+            f"sentinel monitor {name} {HOST} {master_port} {quorum}",
+            f"sentinel down-after-milliseconds {name} {down_after_ms}",
+            f"sentinel failover-timeout {name} {failover_timeout_ms}",
+            f"sentinel parallel-syncs {name} 1", ""]))
+
+    def command_line(self) -> list[str]:
+        return [self.binary, str(self.conf_path), "--sentinel"]
+
+
+class RedisSentinelProcesses:
+    """A master, one replica and ``sentinels`` Sentinels on loopback, all processes of
+    their own. ``replica_args`` are more arguments of the replica's command line."""
+
+    def __init__(self, name: str = "mymaster", sentinels: int = 3, down_after_ms: int = 1000,
+                 failover_timeout_ms: int = 3000, replica_args: tuple[str, ...] = ()) -> None:
+        self.name = name
+        self.master = RedisServer(extra_args=REPLICATION_ARGS)
+        self.replica = RedisServer(extra_args=(*REPLICATION_ARGS, *replica_args))
+        self.sentinel_count = sentinels
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.sentinels: list[SentinelServer] = []
+
+    @property
+    def servers(self) -> list[RedisServer]:
+        return [self.master, self.replica]
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        return [(HOST, s.port) for s in self.sentinels]
+
+    def start(self, timeout: float = 30.0) -> RedisSentinelProcesses:
+        self.master.start()
+        self.replica.extra_args = (*self.replica.extra_args,
+                                   "--replicaof", HOST, str(self.master.port))
+        self.replica.start()
+        self.sentinels = [
+            SentinelServer(self.master.port, name=self.name, quorum=2,
+                           down_after_ms=self.down_after_ms,
+                           failover_timeout_ms=self.failover_timeout_ms)
+            for _ in range(self.sentinel_count)
+        ]
+        for sentinel in self.sentinels:
+            sentinel.start()
+        self.wait_ready(timeout)
+        return self
+
+    def role(self, server: RedisServer) -> dict[str, Any]:
+        with server.client() as node:
+            return node.info("replication")
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until the replica is in sync and every Sentinel knows it and the others."""
+        deadline = time.monotonic() + timeout
+        expected = ([(self.replica.port, ["slave"])], self.sentinel_count - 1)
+        while True:
+            state: dict[Any, Any] = {}
+            try:
+                state["replica"] = self.role(self.replica).get("master_link_status")
+                for sentinel in self.sentinels:
+                    with sentinel.client() as probe:
+                        replicas = probe.sentinel_slaves(self.name)
+                        others = probe.sentinel_sentinels(self.name)
+                    state[sentinel.port] = (
+                        [(r["port"], _flags(r)) for r in replicas], len(others))
+            except redis.RedisError as exc:
+                state["error"] = repr(exc)
+            views = [v for k, v in state.items() if k not in ("replica", "error")]
+            if (state.get("replica") == "up" and len(views) == self.sentinel_count
+                    and all(view == expected for view in views)):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sentinels not ready within {timeout}s: {state}")
+            time.sleep(0.1)
+
+    def master_port_seen_by_sentinels(self) -> set[int]:
+        ports = set()
+        for sentinel in self.sentinels:
+            with sentinel.client() as probe:
+                address = probe.sentinel_get_master_addr_by_name(self.name)
+            ports.add(int(address[1]) if address else 0)
+        return ports
+
+    def request_failover(self, timeout: float = 10.0) -> None:
+        """``SENTINEL FAILOVER`` (retried while the Sentinel finds no good replica)."""
+        deadline = time.monotonic() + timeout
+        with self.sentinels[0].client() as sentinel:
+            while True:
+                try:
+                    sentinel.execute_command("SENTINEL FAILOVER", self.name)
+                    return
+                except redis.ResponseError as exc:  # NOGOODSLAVE until it is known
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"SENTINEL FAILOVER refused: {exc}") from exc
+                    time.sleep(0.2)
+
+    def _wait(self, what: str, done: Any, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if done():
+                    return
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} not done within {timeout}s")
+            time.sleep(0.05)
+
+    def wait_promoted(self, new: RedisServer, timeout: float = 15.0) -> None:
+        """Until every Sentinel names ``new`` as the master and it says ``role:master``."""
+        self._wait("promotion", lambda: self.master_port_seen_by_sentinels() == {new.port}
+                   and self.role(new).get("role") == "master", timeout)
+
+    def wait_converted(self, old: RedisServer, new: RedisServer, timeout: float = 20.0
+                       ) -> None:
+        """Until the old master replicates from the new one, in sync. Sentinel waits
+        about 8 s after the promotion before it turns the old master into a replica
+        (and kills its client connections)."""
+        self._wait("conversion of the old master", lambda: (
+            (role := self.role(old)).get("role") == "slave"
+            and int(role.get("master_port", 0)) == new.port
+            and role.get("master_link_status") == "up"), timeout)
+
+    def failover(self, timeout: float = 30.0) -> RedisServer:
+        """A complete Sentinel failover: ``SENTINEL FAILOVER``, the replica promoted,
+        the old master turned into its replica. Returns the new master;
+        :attr:`master` and :attr:`replica` are swapped."""
+        old, new = self.master, self.replica
+        self.request_failover()
+        self.wait_promoted(new, timeout)
+        self.wait_converted(old, new, timeout)
+        self.master, self.replica = new, old
+        return new
+
+    def cleanup(self) -> None:
+        for server in (*self.sentinels, self.master, self.replica):
+            server.cleanup()
+
+
+# -- a proxy that can slow down or black-hole a server ------------------------------------
+
+
+class TcpProxy:
+    """Forwards ``127.0.0.1:port`` to ``127.0.0.1:upstream_port``, one pair of threads
+    per connection.
+
+    - ``delay``: seconds added before each chunk of the server's replies is forwarded;
+    - :meth:`blackhole`: nothing is forwarded in either direction and new connections
+      are accepted but never served, like a network path that silently drops packets
+      (the bytes are held, not lost, so a connection that survives resumes intact);
+    - :meth:`heal`: back to normal; :meth:`reset` closes every connection.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.delay = 0.0
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        self.connections = 0
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind((HOST, 0))
+        self._listener.listen(128)
+        self._listener.settimeout(0.1)
+        self.port = self._listener.getsockname()[1]
+        self._acceptor = threading.Thread(target=self._accept, name="tcp-proxy", daemon=True)
+        self._acceptor.start()
+
+    @property
+    def blackholed(self) -> bool:
+        return not self._flowing.is_set()
+
+    def blackhole(self) -> None:
+        self._flowing.clear()
+
+    def heal(self) -> None:
+        self.delay = 0.0
+        self._flowing.set()
+
+    def _wait_flowing(self) -> bool:
+        while not self._flowing.wait(0.05):
+            if self._closed.is_set():
+                return False
+        return not self._closed.is_set()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self._track(client)
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _track(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.add(sock)
+            self.connections += 1
+
+    def _serve(self, client: socket.socket) -> None:
+        if not self._wait_flowing():  # black-holed: the client waits for nothing
+            self._close(client)
+            return
+        try:
+            upstream = socket.create_connection((HOST, self.upstream_port), timeout=2)
+        except OSError:
+            self._close(client)
+            return
+        self._track(upstream)
+        threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+        self._pump(upstream, client, True)
+
+    def _pump(self, source: socket.socket, target: socket.socket, reply: bool) -> None:
+        source.settimeout(0.1)
+        try:
+            while self._wait_flowing():
+                try:
+                    data = source.recv(65536)
+                except TimeoutError:
+                    continue
+                if not data:
+                    break
+                if reply and self.delay:
+                    time.sleep(self.delay)
+                if not self._wait_flowing():
+                    break
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._close(source)
+            self._close(target)
+
+    def _close(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.discard(sock)
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            sock.close()
+
+    def reset(self) -> None:
+        """Close every connection (clients see them drop)."""
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            self._close(sock)
+
+    def close(self) -> None:
+        self._closed.set()
+        self._flowing.set()
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        self.reset()
+        self._acceptor.join(5)
+
+    def __repr__(self) -> str:
+        return f"<TcpProxy {HOST}:{self.port} -> {self.upstream_port}>"
 
 
 @atexit.register
@@ -321,6 +691,60 @@ def redis_server_factory() -> Iterator[Any]:
 def redis_server(redis_server_factory: Any) -> RedisServer:
     """A fresh, empty redis-server of this test's own."""
     return redis_server_factory()
+
+
+@pytest.fixture(scope="session")
+def shared_redis_cluster() -> Iterator[RedisClusterProcesses]:
+    """A 3-master Redis Cluster for the whole session: only for tests that neither
+    change its topology nor stop its nodes."""
+    _require_binaries(cli=True)
+    cluster = RedisClusterProcesses()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster_with_replicas() -> Iterator[RedisClusterProcesses]:
+    """3 masters with one replica each, shared by the tests of one module (a short
+    node timeout, so that a failover settles quickly)."""
+    _require_binaries(cli=True)
+    cluster = RedisClusterProcesses(replicas=1, node_timeout_ms=2000)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture
+def redis_sentinel() -> Iterator[RedisSentinelProcesses]:
+    """A master, a replica (writable, so a test can make it diverge) and 3 Sentinels
+    (down-after 1 s, failover-timeout 3 s) for one test."""
+    _require_binaries()
+    group = RedisSentinelProcesses(replica_args=("--replica-read-only", "no"))
+    try:
+        group.start()
+        yield group
+    finally:
+        group.cleanup()
+
+
+@pytest.fixture
+def tcp_proxy_factory() -> Iterator[Any]:
+    """``make(upstream_port)`` -> a running :class:`TcpProxy`, closed at teardown."""
+    made: list[TcpProxy] = []
+
+    def make(upstream_port: int) -> TcpProxy:
+        proxy = TcpProxy(upstream_port)
+        made.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in made:
+        proxy.close()
 
 
 @pytest.fixture(scope="module")

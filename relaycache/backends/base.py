@@ -186,6 +186,7 @@ class BaseCache:
         self._pending = _Undelivered()
         self._retry_lock = threading.Lock()
         self._retry_thread: threading.Thread | None = None
+        self._last_retry_log = -5.0
 
     # -- storage primitives a backend provides -------------------------------------
 
@@ -435,7 +436,10 @@ class BaseCache:
         return True
 
     def _retry_later(self, count: int) -> bool:
-        logger.error("relaycache: %d invalidation(s) not delivered yet; retrying", count)
+        now = time.monotonic()
+        if now - self._last_retry_log >= 5.0:  # one line per 5 s, not one per call
+            self._last_retry_log = now
+            logger.error("relaycache: %d invalidation(s) not delivered yet; retrying", count)
         self._schedule_retry()
         return False
 

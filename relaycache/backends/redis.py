@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 import weakref
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import SentinelConnectionPool
 
@@ -70,6 +72,14 @@ class _RestartGuard:
         self.server_key = server_key
         self.stamp_key = stamp_key
         self.stamp_ttl_ms = stamp_ttl_ms
+        self.last_run_id: str | None = None  # the server this process last talked to
+
+    def _changed(self, run_id: str, recorded: Any) -> bool:
+        """A server other than the recorded one, or than the one this process knew:
+        a process that wrote to a deposed master must distrust entries that processes
+        connected to the new master stored meanwhile (its writes there are lost)."""
+        known, self.last_run_id = self.last_run_id, run_id
+        return _text(recorded) != run_id or (known is not None and known != run_id)
 
     def _commands(self, run_id: str) -> list[tuple[Any, ...]]:
         return [("SET", self.stamp_key, new_token(), "PX", self.stamp_ttl_ms),
@@ -83,7 +93,7 @@ class _RestartGuard:
         except redis.ResponseError:  # INFO denied by an ACL, or not implemented
             return
         connection.send_command("GET", self.server_key)
-        if run_id is None or _text(connection.read_response()) == run_id:
+        if run_id is None or not self._changed(run_id, connection.read_response()):
             return
         for command in self._commands(run_id):
             connection.send_command(*command)
@@ -97,7 +107,7 @@ class _RestartGuard:
         except redis.ResponseError:
             return
         await connection.send_command("GET", self.server_key)
-        if run_id is None or _text(await connection.read_response()) == run_id:
+        if run_id is None or not self._changed(run_id, await connection.read_response()):
             return
         for command in self._commands(run_id):
             await connection.send_command(*command)
@@ -153,6 +163,17 @@ def _bounded_cluster(client: RedisCluster, socket_timeout: float) -> RedisCluste
     return RedisCluster(startup_nodes=nodes, retry=Retry(NoBackoff(), 0), **kwargs)
 
 
+def _init_parameters(cls: type) -> set[str]:
+    """Keyword arguments ``cls`` accepts (the sync classes take some the asyncio ones
+    do not, such as OCSP options)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            names.update(inspect.signature(init).parameters)
+    return names - {"self", "args", "kwargs"}
+
+
 def _async_client(client: redis.Redis, guard: _RestartGuard | None) -> Any:
     """An asyncio client for the same server, or ``None`` if it cannot be derived."""
     import redis.asyncio as aredis
@@ -167,7 +188,9 @@ def _async_client(client: redis.Redis, guard: _RestartGuard | None) -> Any:
     connection_class = classes.get(pool.connection_class)
     if type(pool) is not redis.ConnectionPool or connection_class is None:
         return None
-    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in ("retry",)}
+    accepted = _init_parameters(connection_class)
+    kwargs = {k: v for k, v in pool.connection_kwargs.items()
+              if k in accepted and k != "retry"}
     kwargs["redis_connect_func"] = guard.on_async_connect if guard is not None else None
     return aredis.Redis(connection_pool=aredis.ConnectionPool(
         connection_class=connection_class, **kwargs))
@@ -184,7 +207,8 @@ class RedisCache(BaseCache):
     Other options are :class:`~relaycache.backends.base.BaseCache`'s.
     """
 
-    errors = (redis.RedisError, OSError)
+    # RedisClusterException (no slot owner reachable) does not derive from RedisError.
+    errors = (redis.RedisError, RedisClusterException, OSError)
 
     def __init__(self, client: redis.Redis | RedisCluster, default_ttl: float | None = 3600,
                  *, socket_timeout: float = 0.5, **options: Any) -> None:
@@ -260,7 +284,14 @@ class RedisCache(BaseCache):
         pipe = self._client.pipeline(transaction=False)
         for skey in skeys:
             pipe.set(skey, new_token(), px=int(self.stamp_ttl * 1000))
-        pipe.execute()
+        try:
+            pipe.execute()
+        except redis.ResponseError as exc:
+            if not str(exc).startswith("OOM"):
+                raise
+            # A full server under noeviction refuses SET but not deletes, and a missing
+            # stamp invalidates as surely as a new one.
+            self._unlink(skeys)
 
     def _delete(self, vkey: str) -> None:
         self._client.unlink(vkey)
