@@ -1,8 +1,9 @@
 """Invalidation of the explicitly tagged services.
 
 ``Book.objects.cached()`` needs none of this: every write invalidates the tables it
-touches. The guide's decorated services name their own tags, so one receiver keeps
-them fresh; it is the one-line pattern to copy for your own tagged functions.
+touches. The guide's decorated services name their own tags, so these receivers keep
+them fresh; model signals do not fire for ``QuerySet.update()`` or ``bulk_create()``,
+so after those, until the TTL, such services may lag: prefer ``.cached()`` querysets.
 """
 
 from django.conf import settings
@@ -11,7 +12,9 @@ from django.dispatch import receiver
 
 from relaycache import invalidate
 
-from .models import Book, BookGenre, BookPublisher
+from .models import Book, BookGenre, BookPublisher, Genre, Publisher
+
+LISTINGS = ["books", "book_listings", "book_stats", "book_search"]
 
 
 @receiver([post_save, post_delete], sender=Book)
@@ -19,5 +22,11 @@ from .models import Book, BookGenre, BookPublisher
 @receiver([post_save, post_delete], sender=BookPublisher)
 def invalidate_book_listings(sender, instance, **kwargs):
     book_id = instance.id if sender is Book else instance.book_id
-    invalidate(tags=[f"book:{book_id}", "books", "book_listings", "book_stats", "book_search"],
-               backend=settings.CACHE_BACKEND)
+    invalidate(tags=[f"book:{book_id}", *LISTINGS], backend=settings.CACHE_BACKEND)
+
+
+@receiver([post_save, post_delete], sender=Genre)
+@receiver([post_save, post_delete], sender=Publisher)
+def invalidate_names(sender, instance, **kwargs):
+    """A renamed genre or publisher shows in every book's details: drop them all."""
+    invalidate(tags=LISTINGS, backend=settings.CACHE_BACKEND)

@@ -88,7 +88,7 @@ def test_manage_py_commands(tmp_path):
 
     appended = manage("seed_books", "--books", "10", "--genres", "2", "--publishers", "1",
                       "--append", "--no-progress", env=env)
-    assert appended.stdout == "Seeded 10 books, 2 genres, 1 publishers.\n"
+    assert appended.stdout == "Seeded 10 books, 6 genres, 5 publishers.\n"  # reused
 
     assert manage("check", env=env).stdout.startswith("System check identified no issues")
 

@@ -1,6 +1,7 @@
 import random
 import sys
 
+import factory.random
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
@@ -20,7 +21,8 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=1, help="random seed (repeatable)")
         parser.add_argument("--no-progress", action="store_true")
         parser.add_argument("--append", action="store_true",
-                            help="add data even if the database already has books")
+                            help="add books even if the database has some (existing genres "
+                                 "and publishers are reused)")
 
     def handle(self, *args, books, genres, publishers, seed, no_progress, append, **options):
         if books < 0 or genres < 1 or publishers < 1:
@@ -29,11 +31,13 @@ class Command(BaseCommand):
             self.stdout.write("The database already has books; pass --append to add more.")
             return
         random.seed(seed)
+        factory.random.reseed_random(seed)
         BookFactory.reset_sequence(Book.objects.count())
         GenreFactory.reset_sequence(Genre.objects.count())
         with transaction.atomic():
-            genre_objs = Genre.objects.bulk_create(GenreFactory.build_batch(genres))
-            publisher_objs = Publisher.objects.bulk_create(
+            genre_objs = list(Genre.objects.all()) or Genre.objects.bulk_create(
+                GenreFactory.build_batch(genres))
+            publisher_objs = list(Publisher.objects.all()) or Publisher.objects.bulk_create(
                 PublisherFactory.build_batch(publishers))
         done = 0
         while done < books:
@@ -53,7 +57,7 @@ class Command(BaseCommand):
         if not no_progress and books:
             self.stdout.write("")
         self.stdout.write(self.style.SUCCESS(
-            f"Seeded {books} books, {genres} genres, {publishers} publishers."))
+            f"Seeded {books} books, {len(genre_objs)} genres, {len(publisher_objs)} publishers."))
 
     def _progress(self, done, total):
         width = 30
