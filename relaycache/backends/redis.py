@@ -11,7 +11,7 @@ from typing import Any
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import RedisClusterException
+from redis.exceptions import OutOfMemoryError, RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import SentinelConnectionPool
 
@@ -287,7 +287,7 @@ class RedisCache(BaseCache):
         try:
             pipe.execute()
         except redis.ResponseError as exc:
-            if not str(exc).startswith("OOM"):
+            if not isinstance(exc, OutOfMemoryError) and "maxmemory" not in str(exc):
                 raise
             # A full server under noeviction refuses SET but not deletes, and a missing
             # stamp invalidates as surely as a new one.
