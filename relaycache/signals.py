@@ -56,6 +56,3 @@ def install() -> None:
     """Start sending the signals (idempotent; the app calls it in ``ready()``)."""
     events.add_listener(relay)
 
-
-def uninstall() -> None:
-    events.remove_listener(relay)
