@@ -11,20 +11,12 @@ import pytest
 import redis
 
 from relaycache import CircuitBreaker, RedisCache, cache
+from tests.reliability.support import wait_until
 
 pytest_plugins = ("tests.servers",)
 pytestmark = pytest.mark.real_redis
 
 MISS = object()
-
-
-def _wait_until(predicate, timeout: float, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
 
 
 def test_outage_falls_through_and_a_pending_invalidation_lands_after_restart(
@@ -95,7 +87,7 @@ def test_outage_falls_through_and_a_pending_invalidation_lands_after_restart(
         server.start()
         restored = server.client()
         assert restored.exists(backend.value_key("book:1")), "old entry not restored"
-        delivered = _wait_until(lambda: backend.pending_invalidations == [], 5)
+        delivered = wait_until(lambda: backend.pending_invalidations == [], 5)
         time.sleep(0.2)
     finally:
         stop.set()
@@ -176,7 +168,7 @@ def test_a_stopped_server_costs_bounded_latency_to_a_client_without_timeouts(
 
     # Once the server answers again the invalidation lands and hits are correct:
     # no reply left over from a timed-out request is read as another one's.
-    assert _wait_until(lambda: backend.pending_invalidations == [], 15, 0.1)
+    assert wait_until(lambda: backend.pending_invalidations == [], 15, 0.1)
     for n in (3, 4, 5, 3, 4, 5):
         assert square(n) == n * n
     assert backend.get("n:3", MISS, tags=["n:3"]) == 9
