@@ -94,6 +94,7 @@ def build_backend(config: dict[str, Any]) -> BaseCache:
 
 def apply_settings() -> None:
     """Configure the default backend and database namespaces from Django settings."""
+    from .orm import memo
     from .orm.invalidation import DATABASE_NAMESPACES
 
     config = _user_settings()
@@ -104,6 +105,7 @@ def apply_settings() -> None:
     set_default_backend(build_backend(config))
     DATABASE_NAMESPACES.clear()
     DATABASE_NAMESPACES.update(namespaces)
+    memo.forget()  # remembered reads carry the namespaces in their keys
 
 
 @receiver(setting_changed)

@@ -99,3 +99,36 @@ def _fresh_default_backend():
     set_default_backend(None)
     yield
     set_default_backend(None)
+
+
+def _compile_outcome(value):
+    """What a remembered compile must agree on: the analysis (entry digest, which
+    covers the SQL, parameters and result shape, and the tables) and, for a read, the
+    column layout Django's iterables read after ``execute_sql()``."""
+    if not hasattr(value, "analysis"):
+        return value
+    klass_info = value.klass_info or {}
+    return (value.analysis, value.sql, value.col_count, value.has_extra_select,
+            value.annotation_col_map, klass_info.get("model"),
+            klass_info.get("select_fields"), [alias for _, _, alias in value.select])
+
+
+@pytest.fixture(autouse=True)
+def _compiled_reads_checked(monkeypatch):
+    """Every compile the ORM memo reuses is compiled again and compared, so a query
+    whose fingerprint misses part of its state fails the test that built it."""
+    from relaycache.orm import memo
+
+    remembered = memo.remembered
+
+    def checked(key, make):
+        known = key is not None and key in memo._entries
+        value = remembered(key, make)
+        if known:
+            fresh = make()
+            assert _compile_outcome(fresh) == _compile_outcome(value), (
+                "the ORM memo reused a compile of a different query")
+        return value
+
+    checked.unchecked = remembered  # for tests that count compiles
+    monkeypatch.setattr(memo, "remembered", checked)

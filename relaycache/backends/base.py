@@ -32,6 +32,7 @@ from ..stats import Stats
 logger = logging.getLogger("relaycache")
 
 T = TypeVar("T")
+_MAX_REMEMBERED_TAG_LISTS = 4096
 Stamps = list[str | None]
 
 
@@ -187,6 +188,7 @@ class BaseCache:
         self._retry_lock = threading.Lock()
         self._retry_thread: threading.Thread | None = None
         self._last_retry_log = -5.0
+        self._addressed: dict[tuple[str, ...], tuple[list[str], list[str]]] = {}
 
     # -- storage primitives a backend provides -------------------------------------
 
@@ -253,10 +255,27 @@ class BaseCache:
             raise ValueError(f"cache keys must not start with {self._reserved!r} (meta_prefix)")
         return self.value_prefix + key
 
-    def _entry_tags(self, tags: Iterable[str]) -> list[str]:
-        """The tags an entry is stored under: the caller's and the backend's own."""
-        tags = check_tags(tags)
-        return sorted({*tags, *self.implicit_tags}) if self.implicit_tags else tags
+    def _entry_tags(self, tags: Iterable[str]) -> tuple[list[str], list[str]]:
+        """The tags an entry is stored under (the caller's and the backend's own) and
+        their stamp keys. Remembered per tag list, since hits repeat the same few:
+        callers must not change the lists."""
+        if isinstance(tags, (str, bytes)):
+            check_tags(tags)  # raises: a single string is not a list of tags
+        given = tuple(tags)
+        try:
+            found = self._addressed.get(given)
+        except TypeError:  # an unhashable tag
+            check_tags(given)
+            raise
+        if found is None:
+            checked = check_tags(given)
+            if self.implicit_tags:
+                checked = sorted({*checked, *self.implicit_tags})
+            found = (checked, self.stamp_keys(checked))
+            if len(self._addressed) >= _MAX_REMEMBERED_TAG_LISTS:
+                self._addressed.clear()
+            self._addressed[given] = found
+        return found
 
     def stamp_keys(self, tags: list[str]) -> list[str]:
         return [f"{self.meta_prefix}t:{tag}" for tag in tags]
@@ -356,10 +375,10 @@ class BaseCache:
 
     def get(self, key: str, default: Any = None, *, tags: Iterable[str] = ()) -> Any:
         """The cached value, or ``default`` when absent or invalidated."""
-        vkey, tags = self.value_key(key), self._entry_tags(tags)
+        vkey, (tags, skeys) = self.value_key(key), self._entry_tags(tags)
         if not self._usable():
             return default
-        fetched = self._guard(self._fetch, vkey, self.stamp_keys(tags))
+        fetched = self._guard(self._fetch, vkey, skeys)
         if fetched is FAILED:
             return default
         found, value = self._unpack(vkey, fetched[0], tags, fetched[1])
@@ -368,11 +387,11 @@ class BaseCache:
     def set(self, key: str, value: Any, ttl: float | None = None, *,
             tags: Iterable[str] = ()) -> bool:
         """Store ``value`` under the current stamps of ``tags``; ``False`` if not stored."""
-        vkey, tags, ttl_ms = self.value_key(key), self._entry_tags(tags), self._ttl_ms(ttl)
+        vkey, (tags, skeys) = self.value_key(key), self._entry_tags(tags)
+        ttl_ms = self._ttl_ms(ttl)
         to_json(value)  # unencodable values fail here, whatever the backend's health
         if not self._usable():
             return False
-        skeys = self.stamp_keys(tags)
         stamps = self._guard(self._acquire_stamps, skeys)
         if stamps is FAILED:
             return False
@@ -475,8 +494,8 @@ class BaseCache:
         transaction); ``strict=False`` returns an unencodable value uncached instead of
         raising ``TypeError``.
         """
-        vkey, tags, ttl_ms = self.value_key(key), self._entry_tags(tags), self._ttl_ms(ttl)
-        skeys = self.stamp_keys(tags)
+        vkey, (tags, skeys) = self.value_key(key), self._entry_tags(tags)
+        ttl_ms = self._ttl_ms(ttl)
         if not self._usable():
             return compute()
         found, value, stamps = self._lookup(vkey, tags, skeys)
@@ -581,8 +600,8 @@ class BaseCache:
                           ttl: float | None = None, tags: Iterable[str] = (),
                           singleflight: bool = False) -> T:
         """Async :meth:`get_or_set`: ``compute`` returns an awaitable."""
-        vkey, tags, ttl_ms = self.value_key(key), self._entry_tags(tags), self._ttl_ms(ttl)
-        skeys = self.stamp_keys(tags)
+        vkey, (tags, skeys) = self.value_key(key), self._entry_tags(tags)
+        ttl_ms = self._ttl_ms(ttl)
         if not self._usable():
             return await compute()
         found, value, stamps = await self._alookup(vkey, tags, skeys)

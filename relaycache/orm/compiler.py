@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from django.core.exceptions import EmptyResultSet
@@ -23,6 +23,7 @@ from ..backends.base import BaseCache
 from ..codec import to_json
 from ..config import get_default_backend
 from ..keys import digest
+from . import memo
 from .invalidation import (
     can_store_inside_transaction,
     database_tag,
@@ -75,7 +76,15 @@ class ReadPlan:
     key: str
     tags: list[str]
     store: bool
-    tables: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """The part of a read's plan that follows from its SQL alone."""
+
+    digest: str
+    tables: frozenset[str]
+    tags: tuple[str, ...]
 
 
 _analyses: dict[tuple[str, bool], set[str] | str] = {}
@@ -123,29 +132,41 @@ def param_data(param: Any) -> Any:
         raise
 
 
-def plan_read(query: Query, connection: Any, sql: str, params: Any, shape: Any,
-              options: CacheOptions) -> ReadPlan:
-    """Key, tags and store policy for a compiled read; raises :class:`Uncacheable`."""
+def analyse(query: Query, connection: Any, sql: str, params: Any, shape: Any,
+            options: CacheOptions) -> Analysis:
+    """Entry digest and table tags of a compiled read; raises :class:`Uncacheable`."""
     if query.explain_info is not None:
         raise Uncacheable("explain() output is not cached")
     if query.select_for_update:  # not always in the SQL (SQLite drops FOR UPDATE)
         raise Uncacheable(SELECT_FOR_UPDATE)
     allow_raw = bool(options.tags) or _allows_extra(query)
-    tables = _tables(query, sql, allow_raw)
+    tables = frozenset(_tables(query, sql, allow_raw))
     using = connection.alias
-    dirty = dirty_tables(connection)
-    if dirty and ("*" in dirty or dirty & tables):
-        raise Uncacheable("a table it reads was written in this transaction")
     try:
         encoded_params = [param_data(param) for param in params]
     except TypeError as exc:
         raise Uncacheable(f"a parameter cannot be encoded: {exc}") from None
     entry_digest = digest([ROWS_FORMAT, namespace(using), sql, encoded_params, shape])
-    key = f"{options.key or 'orm'}:{entry_digest}"
-    tags = [database_tag(using), *(table_tag(t, using) for t in tables), *options.tags]
+    tags = (database_tag(using), *(table_tag(t, using) for t in tables))
+    return Analysis(digest=entry_digest, tables=tables, tags=tags)
+
+
+def plan_for(analysis: Analysis, connection: Any, options: CacheOptions) -> ReadPlan:
+    """The plan of one read now: a table written in the open transaction bypasses."""
+    dirty = dirty_tables(connection)
+    if dirty and ("*" in dirty or dirty & analysis.tables):
+        raise Uncacheable("a table it reads was written in this transaction")
     store = connection.get_autocommit() and not connection.in_atomic_block
     store = store or can_store_inside_transaction(connection)
-    return ReadPlan(key=key, tags=tags, store=store, tables=tables)
+    return ReadPlan(key=f"{options.key or 'orm'}:{analysis.digest}",
+                    tags=[*analysis.tags, *options.tags], store=store)
+
+
+def plan_read(query: Query, connection: Any, sql: str, params: Any, shape: Any,
+              options: CacheOptions) -> ReadPlan:
+    """Key, tags and store policy for a compiled read; raises :class:`Uncacheable`."""
+    return plan_for(analyse(query, connection, sql, params, shape, options), connection,
+                    options)
 
 
 def note_uncacheable(options: CacheOptions, reason: Uncacheable, sql: str) -> None:
@@ -156,12 +177,30 @@ def note_uncacheable(options: CacheOptions, reason: Uncacheable, sql: str) -> No
         events.emit("uncacheable", backend, sql=sql, reason=str(reason))
 
 
+@dataclass(frozen=True)
+class CompiledRead:
+    """One compile of a cached read: what a later query in the same state reuses."""
+
+    sql: str
+    select: Any
+    klass_info: Any
+    annotation_col_map: Any
+    col_count: int
+    has_extra_select: bool
+    analysis: Analysis
+
+
 class CachingCompilerMixin:
     """Mixed into the database backend's ``SQLCompiler`` for cached querysets."""
 
     query: Query
     connection: Any
+    elide_empty: bool
+    select: Any
+    klass_info: Any
+    annotation_col_map: Any
     col_count: int
+    has_extra_select: bool
     _relaycache_compiled: tuple[str, Any] | None = None
 
     def as_sql(self, *args: Any, **kwargs: Any) -> tuple[str, Any]:
@@ -170,6 +209,28 @@ class CachingCompilerMixin:
             return self._relaycache_compiled
         return super().as_sql(*args, **kwargs)  # type: ignore[misc]
 
+    def _compile_read(self, result_type: Any, options: CacheOptions) -> CompiledRead:
+        """Raises ``EmptyResultSet``, or :class:`Uncacheable` (already noted)."""
+        sql, params = self._relaycache_compiled = self.as_sql()
+        if not sql:
+            raise EmptyResultSet
+        try:
+            analysis = analyse(self.query, self.connection, sql, params,
+                               [result_type, self.col_count], options)
+        except Uncacheable as reason:
+            note_uncacheable(options, reason, sql)
+            raise
+        return CompiledRead(sql, self.select, self.klass_info, self.annotation_col_map,
+                            self.col_count, self.has_extra_select, analysis)
+
+    def _reuse(self, read: CompiledRead) -> None:
+        """Set up what Django's iterables read after ``execute_sql()``. The SQL is not
+        reused: a read that reaches the database compiles its own (the remembered
+        parameters could wrap objects the first caller changed since)."""
+        self.select, self.klass_info = read.select, read.klass_info
+        self.annotation_col_map = read.annotation_col_map
+        self.col_count, self.has_extra_select = read.col_count, read.has_extra_select
+
     def execute_sql(self, result_type: Any = MULTI, chunked_fetch: bool = False,
                     chunk_size: int = GET_ITERATOR_CHUNK_SIZE) -> Any:
         parent = super().execute_sql  # type: ignore[misc]
@@ -177,18 +238,17 @@ class CachingCompilerMixin:
         if (options is None or chunked_fetch or computing.get()
                 or result_type not in (MULTI, SINGLE)):
             return parent(result_type, chunked_fetch, chunk_size)
+        state = memo.fingerprint(self.query, type(self), self.connection.alias,
+                                 self.elide_empty, result_type, bool(options.tags))
         try:
-            sql, params = self.as_sql()
-        except EmptyResultSet:
+            read = memo.remembered(state, lambda: self._compile_read(result_type, options))
+        except (EmptyResultSet, Uncacheable):
             return parent(result_type, chunked_fetch, chunk_size)
-        if not sql:
-            return parent(result_type, chunked_fetch, chunk_size)
-        self._relaycache_compiled = (sql, params)
+        self._reuse(read)
         try:
-            plan = plan_read(self.query, self.connection, sql, params,
-                             [result_type, self.col_count], options)
+            plan = plan_for(read.analysis, self.connection, options)
         except Uncacheable as reason:
-            note_uncacheable(options, reason, sql)
+            note_uncacheable(options, reason, read.sql)
             return parent(result_type, chunked_fetch, chunk_size)
 
         ran = []
@@ -209,7 +269,7 @@ class CachingCompilerMixin:
                                         singleflight=options.singleflight, store=plan.store,
                                         strict=False)
         if events.listeners:
-            events.emit("query", options.cache, sql=sql, key=plan.key, tags=plan.tags,
+            events.emit("query", options.cache, sql=read.sql, key=plan.key, tags=plan.tags,
                         hit=not ran)
         try:
             rows = unpack_rows(data)

@@ -16,14 +16,18 @@ from django.db.models.sql.query import Query
 
 from ..backends.base import BaseCache
 from ..keys import check_tags, check_ttl
+from . import memo
 from .compiler import (
     DISABLED,
+    Analysis,
     CacheOptions,
     CachingCompilerMixin,
     active_options,
+    analyse,
     computing,
     note_uncacheable,
     param_data,
+    plan_for,
     plan_read,
 )
 from .invalidation import install_everywhere, register_backend
@@ -34,6 +38,7 @@ Q = TypeVar("Q", bound="CachedQuerySetMixin")
 _prefetch_options: contextvars.ContextVar[CacheOptions | None] = contextvars.ContextVar(
     "relaycache_prefetch_options", default=None)
 
+_DEFAULT_OPTIONS = CacheOptions()
 _compiler_classes: dict[type, type] = {}
 _query_classes: dict[type, type] = {}
 
@@ -103,6 +108,8 @@ class CachedQuerySetMixin:
         :param singleflight: concurrent misses of one query in every process sharing the
             backend run it once (a lease in Redis; in-process misses always do).
         """
+        if ttl is None and tags is None and key is None and backend is None and not singleflight:
+            return self._with_cache_options(_DEFAULT_OPTIONS)
         check_ttl(ttl)
         if key is not None and (not isinstance(key, str) or not key or len(key) > 200):
             raise ValueError(f"key must be a non-empty str of at most 200 characters: {key!r}")
@@ -172,38 +179,17 @@ class CachedQuerySetMixin:
 
     def _cached_aggregate(self, kind: str, named: dict[str, Any], compute: Callable[[], Any],
                           options: CacheOptions) -> Any:
-        """Cache an aggregation under SQL that determines it, compiled once.
-
-        An aggregation of the query's own columns (``count()``, ``Sum("price")``) reads
-        no other table: it is keyed by this queryset's SQL and each aggregate's own SQL.
-        One that follows relations (``Count("reviews")``) is keyed by the SQL of this
-        queryset annotated with it, which has the aggregation's joins and tables.
-        """
-        compiler = self.query.chain().get_compiler(self.db)
+        named_state = memo.pickled(named)
+        state = None if named_state is None else memo.fingerprint(
+            self.query, "aggregate", self.db, kind, bool(options.tags), named_state)
         try:
-            sql, params = compiler.as_sql()
-            shape = [kind, *_aggregates_sql(compiler, named)]
+            analysis = memo.remembered(
+                state, lambda: self._aggregate_analysis(kind, named, options))
+            plan = plan_for(analysis, connections[self.db], options)
         except EmptyResultSet:
             return compute()
-        except (TypeError, ValueError) as exc:  # Django reports bad aggregates itself
-            note_uncacheable(options, Uncacheable(f"{kind}() of this query: {exc}"), "")
-            return compute()
-        except FieldError:  # the aggregates need joins: key by the annotated query
-            try:
-                probe = self.annotate(**named)  # type: ignore[attr-defined]
-            except (NotSupportedError, FieldError, TypeError, ValueError):
-                note_uncacheable(options, Uncacheable(f"{kind}() of this query"), "")
-                return compute()
-            compiler = probe.query.get_compiler(self.db)
-            try:
-                sql, params = compiler.as_sql()
-            except EmptyResultSet:
-                return compute()
-            shape = [kind]
-        try:
-            plan = plan_read(compiler.query, compiler.connection, sql, params, shape, options)
         except Uncacheable as reason:
-            note_uncacheable(options, reason, sql)
+            note_uncacheable(options, reason, "")
             return compute()
 
         def run() -> Any:
@@ -216,6 +202,32 @@ class CachedQuerySetMixin:
         return options.cache.get_or_set(plan.key, run, ttl=options.ttl, tags=plan.tags,
                                         singleflight=options.singleflight, store=plan.store,
                                         strict=False)
+
+    def _aggregate_analysis(self, kind: str, named: dict[str, Any],
+                            options: CacheOptions) -> Analysis:
+        """Key an aggregation by SQL that determines it, compiled once.
+
+        An aggregation of the query's own columns (``count()``, ``Sum("price")``) reads
+        no other table: it is keyed by this queryset's SQL and each aggregate's own SQL.
+        One that follows relations (``Count("reviews")``) is keyed by the SQL of this
+        queryset annotated with it, which has the aggregation's joins and tables.
+        Raises ``EmptyResultSet`` (nothing to run) or :class:`Uncacheable`.
+        """
+        compiler = self.query.chain().get_compiler(self.db)
+        try:
+            sql, params = compiler.as_sql()
+            shape = [kind, *_aggregates_sql(compiler, named)]
+        except (TypeError, ValueError) as exc:  # Django reports bad aggregates itself
+            raise Uncacheable(f"{kind}() of this query: {exc}") from None
+        except FieldError:  # the aggregates need joins: key by the annotated query
+            try:
+                probe = self.annotate(**named)  # type: ignore[attr-defined]
+            except (NotSupportedError, FieldError, TypeError, ValueError):
+                raise Uncacheable(f"{kind}() of this query") from None
+            compiler = probe.query.get_compiler(self.db)
+            sql, params = compiler.as_sql()
+            shape = [kind]
+        return analyse(compiler.query, compiler.connection, sql, params, shape, options)
 
     def _prefetch_related_objects(self) -> None:
         # Django offers no public hook here. The related managers of models using

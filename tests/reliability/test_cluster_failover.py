@@ -88,28 +88,19 @@ class Shop:
 def _run_load(shop: Shop, stop: threading.Event, errors: list[BaseException]) -> list:
     books = len(shop.version)
 
-    def reader(seed: int) -> None:
+    def repeat(action, seed: int, pause: float) -> None:
         rng = random.Random(seed)
         while not stop.is_set():
             try:
-                shop.read(rng.randrange(books))
+                action(rng.randrange(books))
             except BaseException as exc:
                 errors.append(exc)
                 return
-            time.sleep(0.001)
+            time.sleep(pause)
 
-    def writer() -> None:
-        rng = random.Random(99)
-        while not stop.is_set():
-            try:
-                shop.write(rng.randrange(books))
-            except BaseException as exc:
-                errors.append(exc)
-                return
-            time.sleep(0.01)
-
-    threads = [threading.Thread(target=reader, args=(s,), daemon=True) for s in range(2)]
-    threads.append(threading.Thread(target=writer, daemon=True))
+    threads = [threading.Thread(target=repeat, args=(shop.read, s, 0.001), daemon=True)
+               for s in range(2)]
+    threads.append(threading.Thread(target=repeat, args=(shop.write, 99, 0.01), daemon=True))
     for thread in threads:
         thread.start()
     return threads

@@ -37,7 +37,6 @@ from books.services import (
 )
 from django.conf import settings
 from django.core.management import CommandError, call_command
-from django.db.models import Prefetch
 from django.test import Client
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -126,14 +125,7 @@ def index_genres(response) -> list[tuple[str, str, int]]:
 
 def top_query(slug: str) -> list[dict]:
     """``get_books_top``'s query, uncached."""
-    return list(
-        Book.objects.filter(genres__genre__slug=slug, is_featured=True)
-        .prefetch_related(
-            Prefetch("publishers", queryset=BookPublisher.objects.select_related("publisher"))
-        )
-        .order_by("publishers__position")
-        .values()
-    )
+    return get_books_top.func(slug)
 
 
 def genre_with_books() -> Genre:
