@@ -53,7 +53,8 @@ def _assert_same_error(got: BaseException, expected: BaseException) -> None:
 
 
 @pytest.mark.parametrize("singleflight", [False, True], ids=["plain", "singleflight"])
-def test_a_function_raising_a_database_error_caches_nothing(backend, singleflight):
+def test_a_function_raising_a_database_error_caches_nothing(backend, singleflight,
+                                                              no_gc_pauses):
     calls = []
     state = {"fail": "raised", "error": None}
 

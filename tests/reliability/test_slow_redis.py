@@ -23,9 +23,10 @@ TIMEOUT = 0.2
 
 
 @pytest.fixture
-def proxied(redis_server, tcp_proxy_factory):
+def proxied(redis_server, tcp_proxy_factory, no_gc_pauses):
     """A RedisCache(socket_timeout=0.2, breaker 3 failures / 1 s) reaching its
-    server through a proxy; the client's own timeouts are left unset."""
+    server through a proxy; the client's own timeouts are left unset. The timed calls
+    run without the cyclic collector (``no_gc_pauses``)."""
     proxy = tcp_proxy_factory(redis_server.port)
     value_prefix = prefix("slow")
     backend = RedisCache(redis.Redis(host=HOST, port=proxy.port), default_ttl=60,
