@@ -70,15 +70,21 @@ class CachedFunction:
     def backend(self) -> BaseCache:
         return self.explicit_backend or get_default_backend()
 
-    def resolve(self, args: tuple, kwargs: dict) -> tuple[str, list[str]]:
-        """The key and tags of one call."""
+    def resolve(self, args: tuple, kwargs: dict) -> tuple[str, Iterable[str]]:
+        """The key and tags of one call; the backend validates the tags (and remembers
+        the lists it has seen, so a hit does not check them again)."""
+        bound = self._bind(args, kwargs)
+        return self._key(bound), self._tags_of(bound)
+
+    def _bind(self, args: tuple, kwargs: dict) -> inspect.BoundArguments:
         bound = self.signature.bind(*args, **kwargs)
         bound.apply_defaults()
+        return bound
+
+    def _key(self, bound: inspect.BoundArguments) -> str:
         if self._key_of is not None:
-            key = check_key(self._key_of(bound))
-        else:
-            key = function_key(self.func, call_arguments(bound))
-        return key, check_tags(self._tags_of(bound))
+            return check_key(self._key_of(bound))
+        return function_key(self.func, call_arguments(bound))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         key, tags = self.resolve(args, kwargs)
@@ -94,11 +100,11 @@ class CachedFunction:
 
     def cache_key(self, *args: Any, **kwargs: Any) -> str:
         """The key the result of this call is cached under."""
-        return self.resolve(args, kwargs)[0]
+        return self._key(self._bind(args, kwargs))
 
     def delete(self, *args: Any, **kwargs: Any) -> None:
         """Drop the cached result of this call only."""
-        self.backend.delete(self.resolve(args, kwargs)[0])
+        self.backend.delete(self.cache_key(*args, **kwargs))
 
     def __get__(self, instance: Any, owner: type | None = None) -> Any:
         return self if instance is None else _Bound(self, instance)

@@ -282,3 +282,30 @@ def test_bad_keys_are_refused_by_backend_and_decorator(backend):
         f(5)
     with pytest.raises(ValueError):
         f("")
+
+
+@pytest.mark.parametrize("bad, error", [
+    ("books", TypeError), ([1], TypeError), ([["unhashable"]], TypeError), ([""], ValueError),
+])
+def test_a_tags_callable_returning_bad_tags_fails_before_computing(backend, bad, error):
+    computed = []
+
+    @cache(backend=backend, tags=lambda n: bad)
+    def square(n):
+        computed.append(n)
+        return n * n
+
+    with pytest.raises(error):
+        square(3)
+    assert computed == []
+
+
+def test_a_tags_callable_may_return_any_iterable(backend):
+    @cache(backend=backend, tags=lambda n: (t for t in [f"n:{n}", "all", "all"]))
+    def square(n):
+        return n * n
+
+    assert square(3) == 9 and square(3) == 9
+    assert backend.stats.hits == 1
+    invalidate(["all"], backend=backend)
+    assert square(3) == 9 and backend.stats.misses == 2
