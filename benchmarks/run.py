@@ -46,7 +46,7 @@ class Config:
     books: int = 20_000
     genres: int = 50
     publishers: int = 200
-    rounds: int = 7  # workload 1
+    rounds: int = 11  # workload 1: per-round medians of a ~70 µs hit vary 2x on a VM
     hit_n: int = 400
     hit_budget_s: float = 0.4
     hit_warmup: int = 30
