@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.keyspace import delete_prefix
-from benchmarks.run import ALL_LIBS, QUERY_NAMES, Bench, Config, start
+from benchmarks.run import ALL_LIBS, QUERY_NAMES, Bench, Config, cpus_awake, start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,39 +33,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
+    parser.add_argument("--cpu-idle", action="store_true",
+                        help="let CPUs enter idle states, as benchmarks.run --cpu-idle")
     args = parser.parse_args(argv)
     ns = argparse.Namespace(smoke=False, db_name=None, database_url=args.database_url,
                             redis_url=args.redis_url, libs=[args.library], only=[])
     bench = Bench(Config(books=args.books), ns)
     bench.check_services()
     bench.admin_sql(f'CREATE DATABASE "{bench.db_name}"')
-    procs = []
-    try:
-        plain = start([("plain", 0)], bench.env, bench.log_dir, 60)[0]
-        procs.append(plain)
-        plain.call("migrate_seed", 600, books=args.books, genres=50, publishers=200)
-        params = plain.call("params", 60)
-        worker = plain if args.library == "plain" else start(
-            [(args.library, 0)], bench.env, bench.log_dir, 60)[0]
-        if worker is not plain:
-            procs.append(worker)
-        worker.call("set_params", 60, params=params)
-        for entries in args.entries or [None]:
-            if entries is not None:
-                worker.call("reset", 120)
-                worker.call("fill_copies", 600, count=entries)
-            res = worker.call("profile", 600, query=args.query, n=args.n, top=args.top)
-            t = res["timing"]
-            print(f"== {args.library} {args.query}"
-                  + (f" with {entries:,} entries" if entries is not None else "")
-                  + f": median {t['median_ns'] / 1e3:.1f} us, p90 {t['p90_ns'] / 1e3:.1f} us"
-                  f" over {t['n']} calls; {res['keys']:,} keys in the Redis database")
-            print(res["profile"][args.order])
-    finally:
-        for p in procs:
-            p.stop()
-        bench.admin_sql(f'DROP DATABASE IF EXISTS "{bench.db_name}" WITH (FORCE)')
-        delete_prefix(bench.redis, bench.prefix)
+    with cpus_awake(not args.cpu_idle) as cpu_idle:
+        print(f"CPU idle states: {cpu_idle}")
+        procs = []
+        try:
+            plain = start([("plain", 0)], bench.env, bench.log_dir, 60)[0]
+            procs.append(plain)
+            plain.call("migrate_seed", 600, books=args.books, genres=50, publishers=200)
+            params = plain.call("params", 60)
+            worker = plain if args.library == "plain" else start(
+                [(args.library, 0)], bench.env, bench.log_dir, 60)[0]
+            if worker is not plain:
+                procs.append(worker)
+            worker.call("set_params", 60, params=params)
+            for entries in args.entries or [None]:
+                if entries is not None:
+                    worker.call("reset", 120)
+                    worker.call("fill_copies", 600, count=entries)
+                res = worker.call("profile", 600, query=args.query, n=args.n, top=args.top)
+                t = res["timing"]
+                print(f"== {args.library} {args.query}"
+                      + (f" with {entries:,} entries" if entries is not None else "")
+                      + f": median {t['median_ns'] / 1e3:.1f} us, p90 {t['p90_ns'] / 1e3:.1f} us"
+                      f" over {t['n']} calls; {res['keys']:,} keys in the Redis database")
+                print(res["profile"][args.order])
+        finally:
+            for p in procs:
+                p.stop()
+            bench.admin_sql(f'DROP DATABASE IF EXISTS "{bench.db_name}" WITH (FORCE)')
+            delete_prefix(bench.redis, bench.prefix)
     return 0
 
 

@@ -108,6 +108,7 @@ def machine_section(results: dict[str, Any]) -> str:
             ["psycopg", pk["psycopg"]], ["orjson", pk["orjson"]],
             ["relaycache", pk["relaycache"]], ["django-cacheops", pk["django-cacheops"]],
             ["django-cachalot", pk["django-cachalot"]],
+            ["CPU idle states", m.get("cpu_idle", "not recorded")],
             ["load average (1, 5, 15 min) at start / end",
              f"{fmt_load(m['loadavg_start'])} / {fmt_load(m.get('loadavg_end'))}"]]
     d = results["data"]

@@ -20,11 +20,13 @@ import os
 import platform
 import selectors
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata, util
 from pathlib import Path
@@ -46,7 +48,7 @@ class Config:
     books: int = 20_000
     genres: int = 50
     publishers: int = 200
-    rounds: int = 11  # workload 1: per-round medians of a ~70 µs hit vary 2x on a VM
+    rounds: int = 11  # workload 1
     hit_n: int = 400
     hit_budget_s: float = 0.4
     hit_warmup: int = 30
@@ -165,6 +167,7 @@ class Bench:
         self.cfg = cfg
         self.args = args
         self.run_id = os.urandom(3).hex()
+        self.cpu_idle = "not recorded"
         self.prefix = f"relaybench:{self.run_id}:"
         self.harness = self.prefix + "h:"
         self.db_name = args.db_name or f"relaycache_bench_{self.run_id}"
@@ -306,7 +309,7 @@ class Bench:
             "platform": platform.platform(), "packages": packages,
             "redis_server": self.redis.info("server").get("redis_version"),
             "postgresql": self.admin_sql("SHOW server_version")[0][0],
-            "loadavg_start": os.getloadavg(),
+            "loadavg_start": os.getloadavg(), "cpu_idle": self.cpu_idle,
         }
 
     # -- workload 1 -----------------------------------------------------------------
@@ -578,6 +581,30 @@ class Bench:
                               "floor": "fl:"}[lib]
 
 
+@contextlib.contextmanager
+def cpus_awake(wanted: bool) -> Iterator[str]:
+    """Ask the kernel to keep every CPU out of idle states for the run (a PM QoS
+    request of 0 µs wake-up latency on ``/dev/cpu_dma_latency``, held while the file
+    is open: what tuned's latency-performance profile does on latency-sensitive
+    servers). On the VM these runs were made on, a vCPU woken from idle added up to
+    80 µs to a loopback round trip, depending on what else ran, so per-round medians
+    of a 70 µs hit varied 2x; held awake, they vary by a few percent. Yields what the
+    report says about it."""
+    if not wanted:
+        yield "allowed (--cpu-idle)"
+        return
+    try:
+        fd = os.open("/dev/cpu_dma_latency", os.O_WRONLY)
+    except OSError as exc:
+        yield f"allowed (/dev/cpu_dma_latency: {exc.strerror})"
+        return
+    try:
+        os.write(fd, struct.pack("i", 0))
+        yield "held off (/dev/cpu_dma_latency = 0 during the run)"
+    finally:
+        os.close(fd)
+
+
 def pct(ordered: list[int], p: float) -> float | None:
     if not ordered:
         return None
@@ -606,6 +633,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="override the entry counts of workload 3")
     parser.add_argument("--libs", nargs="+", choices=ALL_LIBS, default=ALL_LIBS,
                         help="libraries to run (default: all; plain is always run)")
+    parser.add_argument("--cpu-idle", action="store_true",
+                        help="let CPUs enter idle states (by default the run holds them "
+                             "off through /dev/cpu_dma_latency when it may)")
     parser.add_argument("--report-only", type=Path, metavar="RESULTS_JSON",
                         help="re-render RESULTS.md and plots from a saved results.json")
     args = parser.parse_args(argv)
@@ -625,7 +655,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.inval_sizes = args.inval_sizes
     bench = Bench(cfg, args)
     try:
-        results = bench.run()
+        with cpus_awake(not args.cpu_idle) as bench.cpu_idle:
+            results = bench.run()
     except WorkerError as exc:
         print(f"benchmark failed: {exc}\nworker logs: {bench.log_dir}", file=sys.stderr)
         return 1
