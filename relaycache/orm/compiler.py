@@ -32,7 +32,7 @@ from .invalidation import (
     table_tag,
 )
 from .rows import ROWS_FORMAT, pack_rows, unpack_rows
-from .tables import SELECT_FOR_UPDATE, Uncacheable, query_tables
+from .tables import Uncacheable, query_tables
 
 logger = logging.getLogger("relaycache.orm")
 
@@ -41,7 +41,6 @@ computing: contextvars.ContextVar[bool] = contextvars.ContextVar(
 """True while a cached result is computed, so its inner queries are not cached twice."""
 
 _PREFETCH_EXTRA_PREFIX = "_prefetch_related_val_"
-_MAX_ANALYSES = 4096
 
 
 @dataclass(frozen=True)
@@ -87,26 +86,6 @@ class Analysis:
     tags: tuple[str, ...]
 
 
-_analyses: dict[tuple[str, bool], set[str] | str] = {}
-
-
-def _tables(query: Query, sql: str, allow_raw: bool) -> set[str]:
-    """:func:`query_tables`, memoised by SQL text: the same SQL reads the same tables."""
-    memo_key = (sql, allow_raw)
-    result = _analyses.get(memo_key)
-    if result is None:
-        try:
-            result = query_tables(query, allow_raw=allow_raw)
-        except Uncacheable as exc:
-            result = str(exc)  # the reason; a fresh exception is raised on every use
-        if len(_analyses) >= _MAX_ANALYSES:
-            _analyses.clear()
-        _analyses[memo_key] = result
-    if isinstance(result, str):
-        raise Uncacheable(result)
-    return result
-
-
 def _allows_extra(query: Query) -> bool:
     """Django's own m2m prefetch adds an ``extra(select=...)`` naming a joined column."""
     return bool(query.extra) and not query.extra_tables and all(
@@ -137,10 +116,8 @@ def analyse(query: Query, connection: Any, sql: str, params: Any, shape: Any,
     """Entry digest and table tags of a compiled read; raises :class:`Uncacheable`."""
     if query.explain_info is not None:
         raise Uncacheable("explain() output is not cached")
-    if query.select_for_update:  # not always in the SQL (SQLite drops FOR UPDATE)
-        raise Uncacheable(SELECT_FOR_UPDATE)
     allow_raw = bool(options.tags) or _allows_extra(query)
-    tables = frozenset(_tables(query, sql, allow_raw))
+    tables = frozenset(query_tables(query, allow_raw=allow_raw))
     using = connection.alias
     try:
         encoded_params = [param_data(param) for param in params]

@@ -36,10 +36,9 @@ class Uncacheable(Exception):
 def query_tables(query: Query, *, allow_raw: bool = False) -> set[str]:
     """Lower-cased names of every table ``query`` reads.
 
-    Raises :class:`Uncacheable` for random ordering, volatile functions and, unless
-    ``allow_raw`` (the caller named its own tags), raw SQL fragments. Row locks are
-    checked by the caller: SQLite leaves ``FOR UPDATE`` out of the SQL this is
-    memoised by.
+    Raises :class:`Uncacheable` for row locks (in subqueries too), random ordering,
+    volatile functions and, unless ``allow_raw`` (the caller named its own tags), raw
+    SQL fragments.
     """
     tables: set[str] = set()
     _walk_query(query, tables, allow_raw)
@@ -47,6 +46,8 @@ def query_tables(query: Query, *, allow_raw: bool = False) -> set[str]:
 
 
 def _walk_query(query: Query, tables: set[str], allow_raw: bool) -> None:
+    if query.select_for_update:
+        raise Uncacheable(SELECT_FOR_UPDATE)
     if query.extra or query.extra_tables:
         if not allow_raw:
             raise Uncacheable("extra() adds raw SQL; pass tags= to cache it")

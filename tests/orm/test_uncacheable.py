@@ -62,6 +62,21 @@ def test_select_for_update_does_not_disable_caching_the_plain_query(
     scenario.warm(read(lambda: Book.objects.filter(isbn__endswith="3")))
 
 
+def test_select_for_update_in_a_subquery(shop, orm_cache, django_assert_num_queries):
+    """A lock taken by a subquery must be taken on every evaluation, and the same query
+    without the lock (the same SQL on SQLite, which drops FOR UPDATE) stays cacheable."""
+    def locking():
+        return Book.objects.cached().filter(
+            pk__in=Book.objects.filter(author="Herbert").select_for_update().values("pk"))
+
+    with transaction.atomic():
+        assert_bypassed(locking, "select_for_update() locks rows; it must reach the database",
+                        orm_cache, django_assert_num_queries, snap)
+    info = Book.objects.cached().filter(
+        pk__in=Book.objects.filter(author="Herbert").values("pk")).cache_info()
+    assert (info.cached, info.reason) == (True, None)
+
+
 def test_random_order(shop, orm_cache, django_assert_num_queries):
     assert_bypassed(lambda: Book.objects.cached().order_by("?"), "order_by('?') is random",
                     orm_cache, django_assert_num_queries, lambda r: sorted(b.pk for b in r))
