@@ -6,18 +6,18 @@ ORM names below are imported on first use.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .backends.base import BaseCache
 from .backends.memory import InMemoryCache
 from .backends.redis import RedisCache
-from .breaker import CircuitBreaker
-from .codec import register_type
-from .compression import Zstd
-from .config import get_default_backend, set_default_backend
-from .decorator import CachedFunction, ainvalidate, cache, invalidate
-from .events import add_listener, remove_listener
-from .stats import Stats
+from .core.breaker import CircuitBreaker
+from .core.codec import register_type
+from .core.compression import Zstd
+from .core.decorator import CachedFunction, ainvalidate, cache, invalidate
+from .core.defaults import get_default_backend, set_default_backend
+from .core.events import add_listener, remove_listener
+from .core.stats import Stats
 
 if TYPE_CHECKING:
     from .orm.invalidation import invalidate_tables
@@ -51,7 +51,7 @@ _ORM_NAMES = {"CachedManager": "queryset", "CachedQuerySet": "queryset",
               "CachedQuerySetMixin": "queryset", "invalidate_tables": "invalidation"}
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _ORM_NAMES:
         import importlib
 

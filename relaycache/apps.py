@@ -1,6 +1,7 @@
-"""The Django app: ``INSTALLED_APPS += ["relaycache"]``."""
+"""The Django app: ``INSTALLED_APPS += ["relaycache"]``. All wiring happens here."""
 
 from django.apps import AppConfig
+from django.core.signals import setting_changed
 
 
 class RelayCacheConfig(AppConfig):
@@ -8,12 +9,13 @@ class RelayCacheConfig(AppConfig):
     verbose_name = "RelayCache"
 
     def ready(self) -> None:
-        from . import checks, signals
-        from . import views as _views  # noqa: F401  (registers HttpResponse in the codec)
-        from .conf import apply_settings
-        from .orm.invalidation import install_everywhere
+        from . import checks, http, settings, signals
+        from .orm import invalidation, memo
 
         checks.register()
         signals.install()
-        apply_settings()
-        install_everywhere()
+        http.register_response_type()
+        memo.install()
+        settings.apply_settings()
+        setting_changed.connect(settings.reload, dispatch_uid="relaycache.settings")
+        invalidation.install_everywhere()

@@ -20,38 +20,44 @@ by model, and backends passed explicitly to ``@cache`` that are not registered.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
+if TYPE_CHECKING:
+    from django.apps import AppConfig
+    from django.db.models import Manager, Model
+
+    from .backends.base import BaseCache
+
 TAG = "relaycache"
 
 
-def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """E001, E002, E003, W002: the ``RELAYCACHE`` setting, as ``conf`` reads it."""
-    from . import conf
+def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+                   ) -> list[checks.CheckMessage]:
+    """E001, E002, E003, W002: the ``RELAYCACHE`` setting, as the app reads it."""
+    from . import settings as relaycache_settings
 
     try:
-        config = conf._user_settings()
+        config = relaycache_settings.read_settings()
     except ImproperlyConfigured as exc:
         return [checks.Error(str(exc), hint="See docs/configuration.md for the keys.",
                              obj="RELAYCACHE", id="relaycache.E001")]
     messages: list[checks.CheckMessage] = []
     try:
-        conf.build_backend(config)
+        relaycache_settings.build_backend(config)
     except (ImproperlyConfigured, TypeError, ValueError) as exc:
         messages.append(checks.Error(
             str(exc), hint="BACKEND is 'memory', a redis:// URL, a dotted path or a backend "
                            "instance; OPTIONS are the backend's keyword arguments.",
             obj="RELAYCACHE", id="relaycache.E002"))
-    namespaces = config["DATABASE_NAMESPACES"]
-    if not isinstance(namespaces, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in namespaces.items()):
-        messages.append(checks.Error(
-            "RELAYCACHE['DATABASE_NAMESPACES'] must map database aliases (str) to "
-            f"namespaces (str), got {namespaces!r}", obj="RELAYCACHE", id="relaycache.E003"))
+    try:
+        namespaces = relaycache_settings.database_namespaces(config)
+    except ImproperlyConfigured as exc:
+        messages.append(checks.Error(str(exc), obj="RELAYCACHE", id="relaycache.E003"))
         return messages
     for alias in sorted(set(namespaces) - set(settings.DATABASES)):
         messages.append(checks.Warning(
@@ -62,23 +68,21 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     return messages
 
 
-def _backends() -> list[Any]:
+def _backends() -> list[BaseCache]:
     from .orm.invalidation import orm_backends
 
     return orm_backends()
 
 
-def check_backends_reachable(app_configs: Any = None, **kwargs: Any
+def check_backends_reachable(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
                              ) -> list[checks.CheckMessage]:
-    """W001: every Redis backend the app uses answers ``PING``."""
-    from .backends.redis import RedisCache
-
+    """W001: every shared backend the app uses can be reached."""
     messages: list[checks.CheckMessage] = []
     for backend in _backends():
-        if not isinstance(backend, RedisCache):
+        if not backend.shared:
             continue
         try:
-            backend._client.ping()
+            backend.ping()
         except backend.errors as exc:
             messages.append(checks.Warning(
                 f"{backend!r} does not answer PING: {exc}",
@@ -88,18 +92,24 @@ def check_backends_reachable(app_configs: Any = None, **kwargs: Any
     return messages
 
 
-def _caching_models() -> list[Any]:
-    from django.apps import apps
-
+def _caches(manager: Manager[Any]) -> bool:
+    """Whether ``manager`` makes cached querysets (``from_queryset()`` of ours)."""
     from .orm.queryset import CachedQuerySetMixin
 
-    return [model for model in apps.get_models() if any(
-        isinstance(getattr(manager, "_queryset_class", None), type)
-        and issubclass(manager._queryset_class, CachedQuerySetMixin)
-        for manager in model._meta.managers)]
+    # A private attribute of from_queryset() managers, not declared by django-stubs.
+    queryset_class = getattr(manager, "_queryset_class", None)
+    return isinstance(queryset_class, type) and issubclass(queryset_class, CachedQuerySetMixin)
 
 
-def check_routing(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+def _caching_models() -> list[type[Model]]:
+    from django.apps import apps
+
+    return [model for model in apps.get_models()
+            if any(_caches(manager) for manager in model._meta.managers)]
+
+
+def check_routing(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+                  ) -> list[checks.CheckMessage]:
     """E004: cached models whose reads and writes are routed to different namespaces."""
     from django.db import router
 
@@ -124,10 +134,11 @@ def check_routing(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMe
     return messages
 
 
-def check_deploy(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+def check_deploy(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+                 ) -> list[checks.CheckMessage]:
     """W003 (``check --deploy``): an in-process default backend."""
     from .backends.memory import InMemoryCache
-    from .config import get_default_backend
+    from .core.defaults import get_default_backend
 
     if isinstance(get_default_backend(), InMemoryCache):
         return [checks.Warning(

@@ -9,11 +9,17 @@ Needs the ``debug-toolbar`` extra (``pip install relaycache[debug-toolbar]``).
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from debug_toolbar.panels import Panel
 
-from . import events
+from .core import events
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest
+    from django.http.response import HttpResponseBase
+
+    from .backends.base import BaseCache
 
 
 class RelayCachePanel(Panel):
@@ -24,11 +30,12 @@ class RelayCachePanel(Panel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._thread = threading.get_ident()
-        self._events: list[dict[str, Any]] = []
+        self._events: list[dict[str, str]] = []
 
     @property
     def nav_subtitle(self) -> str:
-        stats = self.get_stats()
+        # django-debug-toolbar ships py.typed but leaves Panel's methods unannotated.
+        stats = self.get_stats()  # type: ignore[no-untyped-call]
         return f"{stats.get('hits', 0)} hits, {stats.get('misses', 0)} misses"
 
     def enable_instrumentation(self) -> None:
@@ -38,7 +45,7 @@ class RelayCachePanel(Panel):
     def disable_instrumentation(self) -> None:
         events.remove_listener(self._record)
 
-    def _record(self, event: str, backend: Any, **data: Any) -> None:
+    def _record(self, event: str, backend: BaseCache, **data: Any) -> None:
         if threading.get_ident() != self._thread:
             return
         if event == "query":
@@ -51,9 +58,10 @@ class RelayCachePanel(Panel):
             self._events.append({"kind": "invalidated", "sql": "",
                                  "detail": ", ".join(data["tags"])})
 
-    def generate_stats(self, request: Any, response: Any) -> None:
+    def generate_stats(self, request: HttpRequest, response: HttpResponseBase) -> None:
         kinds = [e["kind"] for e in self._events]
-        self.record_stats({
+        # django-debug-toolbar ships py.typed but leaves Panel's methods unannotated.
+        self.record_stats({  # type: ignore[no-untyped-call]
             "events": self._events,
             "hits": kinds.count("hit"),
             "misses": kinds.count("miss"),

@@ -5,7 +5,7 @@
     @receiver(cache_miss)
     def count_miss(sender, key, reason, **kwargs): ...
 
-``sender`` is the backend. Keyword arguments are those of :mod:`relaycache.events`:
+``sender`` is the backend. Keyword arguments are those of :mod:`relaycache.core.events`:
 
 - ``cache_hit``: ``key`` (the full key, prefix included);
 - ``cache_miss``: ``key``, ``reason`` (``"absent"``, ``"stale"`` or ``"corrupt"``);
@@ -20,11 +20,14 @@ other receivers still run.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.dispatch import Signal
 
-from . import events
+from .core import events
+
+if TYPE_CHECKING:
+    from .backends.base import BaseCache
 
 logger = logging.getLogger("relaycache")
 
@@ -41,7 +44,7 @@ SIGNALS: dict[str, Signal] = {
 }
 
 
-def relay(event: str, backend: Any, **data: Any) -> None:
+def relay(event: str, backend: BaseCache, **data: Any) -> None:
     """The events listener: send the event's signal, if anything receives it."""
     signal = SIGNALS.get(event)
     if signal is None or not signal.receivers:

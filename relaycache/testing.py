@@ -24,9 +24,11 @@ from typing import Any
 
 import pytest
 
-from . import config, events
-from .backends.base import BaseCache, Stamps, new_token
+from .backends.base import BaseCache, KeyDescription
+from .backends.flow import new_token
 from .backends.memory import InMemoryCache
+from .core import events
+from .core.defaults import use_backend
 
 __all__ = ["CacheCounter", "DisabledCache", "cache_disabled", "use_backend"]
 
@@ -38,51 +40,44 @@ class DisabledCache(BaseCache):
     codec cannot encode still raise ``TypeError``, as with a real backend.
     """
 
+    keeps_entries = False
+
     def __repr__(self) -> str:
         return "<DisabledCache>"
 
-    def _fetch(self, vkey: str, skeys: list[str]) -> tuple[Any, Stamps]:
-        return None, [None] * len(skeys)
+    def fetch(self, keys: list[str]) -> list[Any]:
+        return [None] * len(keys)
 
-    def _acquire_stamps(self, skeys: list[str]) -> list[str]:
+    def acquire_stamps(self, skeys: list[str]) -> list[str]:
         return [new_token() for _ in skeys]
 
-    def _encode_for_store(self, tags: list[str], stamps: Stamps, value: Any) -> None:
-        self._pack(tags, stamps, value)  # what cannot be encoded fails as it would
-        return None  # ...and nothing is ever stored
-
-    def _store(self, vkey: str, raw: bytes, skeys: list[str], stamps: list[str],
-               ttl_ms: int | None) -> bool:
+    def store_if_current(self, vkey: str, raw: bytes, skeys: list[str], stamps: list[str],
+                         ttl_ms: int | None) -> bool:
         return False
 
-    def _replace_stamps(self, skeys: list[str]) -> None:
-        pass
-
-    def _delete(self, vkey: str) -> None:
-        pass
-
-    def _clear(self) -> None:
-        pass
-
-    def _acquire_lease(self, lkey: str, token: str, ttl_ms: int) -> bool:
+    def replace_stamps(self, skeys: list[str]) -> bool:
         return True
 
-    def _release_lease(self, lkey: str, token: str) -> None:
+    def delete_keys(self, keys: list[str]) -> None:
         pass
 
-    def _wait_lease(self, lkey: str, timeout: float) -> None:
+    def clear(self) -> None:
         pass
 
+    def acquire_lease(self, lkey: str, token: str, ttl_ms: int) -> bool:
+        return True
 
-@contextlib.contextmanager
-def use_backend(backend: BaseCache) -> Iterator[BaseCache]:
-    """Make ``backend`` the default inside the block; the previous default after."""
-    previous = config._default
-    config.set_default_backend(backend)
-    try:
-        yield backend
-    finally:
-        config.set_default_backend(previous)
+    def release_lease(self, lkey: str, token: str) -> None:
+        pass
+
+    def wait_lease(self, lkey: str, timeout: float) -> None:
+        pass
+
+    def scan_keys(self) -> Iterator[str]:
+        return iter(())
+
+    def describe_keys(self, keys: list[str], head: int = 0) -> list[KeyDescription | None]:
+        return [None] * len(keys)
 
 
 def cache_disabled() -> contextlib.AbstractContextManager[BaseCache]:
@@ -93,7 +88,7 @@ def cache_disabled() -> contextlib.AbstractContextManager[BaseCache]:
 @dataclass(frozen=True)
 class CacheEvent:
     event: str
-    backend: Any
+    backend: BaseCache
     data: dict[str, Any] = field(default_factory=dict)
 
 
@@ -105,7 +100,7 @@ class CacheCounter:
         self.events: list[CacheEvent] = []
         self._lock = threading.Lock()
 
-    def __call__(self, event: str, backend: Any, **data: Any) -> None:
+    def __call__(self, event: str, backend: BaseCache, **data: Any) -> None:
         if self.backend is None or backend is self.backend:
             with self._lock:
                 self.events.append(CacheEvent(event, backend, data))
@@ -120,7 +115,7 @@ class CacheCounter:
     def __enter__(self) -> CacheCounter:
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def reset(self) -> None:
@@ -156,7 +151,7 @@ class CacheCounter:
         """The reasons of the queries that ran uncached."""
         return [e.data.get("reason", "") for e in self._of("uncacheable")]
 
-    def _check(self, what: str, actual: Any, expected: Any) -> None:
+    def _check(self, what: str, actual: object, expected: object) -> None:
         if actual != expected:
             recorded = "\n".join(f"  {e.event} {e.data}" for e in list(self.events)[-20:])
             raise AssertionError(f"expected {expected!r} {what}, got {actual!r}; last "
@@ -187,7 +182,8 @@ class CacheCounter:
 @pytest.fixture
 def relaycache_backend() -> Iterator[InMemoryCache]:
     """A fresh InMemoryCache, the default backend for this test only."""
-    with use_backend(InMemoryCache()) as backend:
+    backend = InMemoryCache()
+    with use_backend(backend):
         yield backend
 
 

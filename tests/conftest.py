@@ -14,7 +14,8 @@ import uuid
 import pytest
 import redis
 
-from relaycache import InMemoryCache, RedisCache, set_default_backend
+from relaycache import RedisCache, set_default_backend
+from tests.support import IN_PROCESS_BACKENDS
 
 REDIS_URL = os.environ.get("RELAYCACHE_TEST_REDIS_URL", "")
 STRICT = os.environ.get("RELAYCACHE_STRICT") == "1"
@@ -82,11 +83,13 @@ def make_redis_backend(redis_client):
     return lambda **options: _redis_cache(redis_client, **options)
 
 
-@pytest.fixture(params=["memory", "redis", "redis-decoded"])
+@pytest.fixture(params=["memory", "redis", "redis-decoded", "dict"])
 def backend(request):
-    """Each test using it runs once per backend: the semantics must not differ."""
-    if request.param == "memory":
-        yield InMemoryCache(default_ttl=60)
+    """The contract suite: each test using it runs once per backend (InMemoryCache,
+    RedisCache on a bytes and on a decoding client, and the third-party example of
+    docs/backends.md), since the semantics must not differ."""
+    if request.param in IN_PROCESS_BACKENDS:
+        yield IN_PROCESS_BACKENDS[request.param](default_ttl=60)
         return
     client = _make_client(request.param == "redis-decoded")
     client.flushdb()

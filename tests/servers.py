@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -664,6 +664,19 @@ def _require_binaries(*, cli: bool = False) -> None:
         pytest.skip("redis-cli is not installed")
 
 
+Processes = TypeVar("Processes", "RedisClusterProcesses", "RedisSentinelProcesses")
+
+
+def _running(processes: Processes) -> Iterator[Processes]:
+    """A fixture's body: start ``processes`` (a cluster, a Sentinel group), hand them
+    to the tests, clean up after them whatever happened."""
+    try:
+        processes.start()
+        yield processes
+    finally:
+        processes.cleanup()
+
+
 @pytest.fixture
 def redis_server_factory() -> Iterator[Any]:
     """``make(persist=False, extra_args=())`` -> a started :class:`RedisServer`."""
@@ -698,12 +711,7 @@ def shared_redis_cluster() -> Iterator[RedisClusterProcesses]:
     """A 3-master Redis Cluster for the whole session: only for tests that neither
     change its topology nor stop its nodes."""
     _require_binaries(cli=True)
-    cluster = RedisClusterProcesses()
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.cleanup()
+    yield from _running(RedisClusterProcesses())
 
 
 @pytest.fixture(scope="module")
@@ -711,12 +719,7 @@ def redis_cluster_with_replicas() -> Iterator[RedisClusterProcesses]:
     """3 masters with one replica each, shared by the tests of one module (a short
     node timeout, so that a failover settles quickly)."""
     _require_binaries(cli=True)
-    cluster = RedisClusterProcesses(replicas=1, node_timeout_ms=2000)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.cleanup()
+    yield from _running(RedisClusterProcesses(replicas=1, node_timeout_ms=2000))
 
 
 @pytest.fixture
@@ -724,12 +727,7 @@ def redis_sentinel() -> Iterator[RedisSentinelProcesses]:
     """A master, a replica (writable, so a test can make it diverge) and 3 Sentinels
     (down-after 1 s, failover-timeout 3 s) for one test."""
     _require_binaries()
-    group = RedisSentinelProcesses(replica_args=("--replica-read-only", "no"))
-    try:
-        group.start()
-        yield group
-    finally:
-        group.cleanup()
+    yield from _running(RedisSentinelProcesses(replica_args=("--replica-read-only", "no")))
 
 
 @pytest.fixture
@@ -751,9 +749,4 @@ def tcp_proxy_factory() -> Iterator[Any]:
 def redis_cluster() -> Iterator[RedisClusterProcesses]:
     """A 3-master Redis Cluster shared by the tests of one module."""
     _require_binaries(cli=True)
-    cluster = RedisClusterProcesses()
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.cleanup()
+    yield from _running(RedisClusterProcesses())

@@ -1,111 +1,63 @@
-"""What every backend shares: tag stamps, entry validation, singleflight, fail-open.
+"""The storage contract every backend implements, and the cache API built on it.
 
-A backend subclass supplies a handful of storage primitives (``_fetch``, ``_store``,
-``_acquire_stamps``, ``_replace_stamps``, leases, ...); everything that decides whether
-a result may be served or stored lives here, once, for both sync and async callers.
-
-An entry is ``orjson([tags, stamps, value])``. It is served only if its tags are the
-ones asked for and every stamp equals that tag's current stamp; the stamps are taken
-*before* the value is computed, so an invalidation that lands while it is computed
-makes it unservable (no stale set), and a missing stamp is never equal to anything.
+A backend subclasses :class:`BaseCache` and implements the *storage primitives*
+below (``fetch``, ``acquire_stamps``, ``store_if_current``, ``replace_stamps``,
+``delete_keys``, ``clear``, the three lease primitives, and ``scan_keys``/
+``describe_keys`` for the ``relaycache`` command). Each states what it must guarantee;
+one left out raises ``NotImplementedError`` naming it. The async twins (``afetch``...)
+call the sync ones by default, which suits a backend without I/O; a networked backend
+overrides them. Everything that decides whether a result may be served or stored lives
+in :mod:`relaycache.backends.flow`, once, and is carried out here by two drivers
+(:meth:`BaseCache._run` and :meth:`BaseCache._arun`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import orjson
+from ..core.breaker import CircuitBreaker
+from ..core.compression import Zstd
+from ..core.keys import check_key, check_tags, check_ttl
+from ..core.stats import Stats
+from . import flow
+from .flow import COMPUTE, FAILED, WAIT, Flow, Stamps, Undelivered
 
-from .. import events
-from ..breaker import CircuitBreaker
-from ..codec import from_json, may_hold_markers, to_json
-from ..compression import Zstd
-from ..keys import check_key, check_tags, check_ttl
-from ..stats import Stats
+__all__ = ["FAILED", "BaseCache", "KeyDescription", "Stamps"]
 
 logger = logging.getLogger("relaycache")
 
 T = TypeVar("T")
 _MAX_REMEMBERED_TAG_LISTS = 4096
-Stamps = list[str | None]
 
 
-class _Failed:
-    """Result of a backend call that failed or was not attempted."""
+@dataclass(frozen=True)
+class KeyDescription:
+    """What :meth:`BaseCache.describe_keys` reports of one key."""
 
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "FAILED"
-
-
-FAILED: Any = _Failed()
-
-
-class _Unstorable:
-    """A computed value to hand back without storing it."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
+    size: int
+    """Bytes of the stored value."""
+    ttl_ms: int | None
+    """Milliseconds left; ``None`` when the key does not expire."""
+    head: bytes | None = None
+    """The value's first bytes (as many as asked for), ``None`` if not asked for."""
+    memory: int | None = None
+    """Bytes the store spends on the key, where it can tell (Redis ``MEMORY USAGE``)."""
 
 
-def new_token() -> str:
-    return os.urandom(8).hex()
-
-
-class _Undelivered:
-    """Writes (tag invalidations, entry deletes) that have not reached the backend.
-
-    Each addition gets a new generation, and a delivery forgets only what it sent: an
-    invalidation of the same tag requested while a delivery was in flight may be newer
-    than that delivery, so it stays until it is delivered itself.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._generation = 0
-        self.tags: dict[str, int] = {}
-        self.keys: dict[str, int] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self.tags or self.keys)
-
-    def add(self, tags: Iterable[str] = (), keys: Iterable[str] = ()) -> None:
-        with self._lock:
-            self._generation += 1
-            self.tags.update(dict.fromkeys(tags, self._generation))
-            self.keys.update(dict.fromkeys(keys, self._generation))
-
-    def snapshot(self) -> tuple[dict[str, int], dict[str, int]]:
-        with self._lock:
-            return dict(self.tags), dict(self.keys)
-
-    def forget(self, tags: dict[str, int] | None = None, keys: dict[str, int] | None = None
-               ) -> None:
-        with self._lock:
-            for sent, pending in ((tags or {}, self.tags), (keys or {}, self.keys)):
-                for name, generation in sent.items():
-                    if pending.get(name) == generation:
-                        del pending[name]
-
-
-class _LocalFlights:
-    """In-process singleflight: the first caller of a key computes, the others wait."""
+class _ThreadFlights:
+    """In-process singleflight for threads: the first caller of a key computes."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._events: dict[str, threading.Event] = {}
 
     def join(self, key: str) -> threading.Event | None:
-        """``None`` makes the caller the leader; otherwise an event to wait on."""
         with self._lock:
             event = self._events.get(key)
             if event is None:
@@ -117,7 +69,9 @@ class _LocalFlights:
             self._events.pop(key).set()
 
 
-class _AsyncLocalFlights:
+class _TaskFlights:
+    """In-process singleflight for the tasks of each event loop."""
+
     def __init__(self) -> None:
         self._events: dict[tuple[int, str], asyncio.Event] = {}
 
@@ -133,7 +87,7 @@ class _AsyncLocalFlights:
 
 
 class BaseCache:
-    """Tag-stamped cache logic over a key-value store; see the module docstring.
+    """Tag-stamped cache over a key-value store; see the module docstring.
 
     :param default_ttl: seconds an entry lives when no ``ttl`` is given (``None``: no
         expiry).
@@ -144,13 +98,21 @@ class BaseCache:
     :param lease_ttl: seconds a singleflight holder may compute before others proceed.
     :param max_entry_size: encoded entries larger than this (bytes, after compression)
         are not stored.
-    :param compression: a :class:`relaycache.compression.Zstd` to compress large
-        entries (``None``: no compression).
+    :param breaker: the :class:`~relaycache.CircuitBreaker` of fail-open.
+    :param compression: a :class:`relaycache.Zstd` to compress large entries
+        (``None``: no compression).
     """
 
     errors: tuple[type[BaseException], ...] = ()
+    """Exceptions of the primitives that mean "the store is unavailable": the call is
+    then a miss (reads) or retried later (invalidations), never an error to the app."""
     implicit_tags: tuple[str, ...] = ()
     """Tags every entry carries besides its own (see ``RedisCache``)."""
+    shared: bool = True
+    """Whether other processes see this cache (``False``: private to the process)."""
+    keeps_entries: bool = True
+    """``False`` for a backend that never stores (``relaycache.testing.DisabledCache``):
+    values are still encoded, so what cannot be cached still fails as it would."""
 
     def __init__(
         self,
@@ -176,86 +138,127 @@ class BaseCache:
         self.default_ttl = default_ttl
         self.value_prefix = value_prefix
         self.meta_prefix = meta_prefix
-        self.stamp_ttl = stamp_ttl or max(2 * (default_ttl or 0), 86400)
+        self.stamp_ttl: float = stamp_ttl or max(2 * (default_ttl or 0), 86400)
         self.lease_ttl = lease_ttl
         self.max_entry_size = max_entry_size
         self.breaker = breaker or CircuitBreaker()
         self.compression = compression
         self.stats = Stats()
-        self._flights = _LocalFlights()
-        self._aflights = _AsyncLocalFlights()
-        self._pending = _Undelivered()
+        self._flights = _ThreadFlights()
+        self._task_flights = _TaskFlights()
+        self.undelivered = Undelivered()
+        """Invalidations and deletes not yet delivered (redelivered in the background)."""
         self._retry_lock = threading.Lock()
         self._retry_thread: threading.Thread | None = None
         self._last_retry_log = -5.0
         self._addressed: dict[tuple[str, ...], tuple[list[str], list[str]]] = {}
 
-    # -- storage primitives a backend provides -------------------------------------
+    # -- the storage contract ------------------------------------------------------
 
-    def _fetch(self, vkey: str, skeys: list[str]) -> tuple[Any, Stamps]:
-        """The raw entry and the current stamps, in ONE round trip."""
-        raise NotImplementedError
+    def fetch(self, keys: list[str]) -> list[Any]:
+        """The stored values of ``keys`` (``None`` for an absent or expired key), in
+        ONE round trip: it is the whole of a cache hit. Entries come back as stored
+        (bytes); stamps as ``str`` or UTF-8 ``bytes``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement fetch()")
 
-    def _acquire_stamps(self, skeys: list[str]) -> list[str]:
-        """Current stamps, creating the missing ones."""
-        raise NotImplementedError
+    def acquire_stamps(self, skeys: list[str]) -> list[str]:
+        """The current stamp of each key, atomically creating (with a new token from
+        :func:`~relaycache.backends.flow.new_token`, expiring after ``stamp_ttl``)
+        each one that is absent. Two concurrent callers must get the same stamp."""
+        raise NotImplementedError(f"{type(self).__name__} must implement acquire_stamps()")
 
-    def _store(self, vkey: str, raw: bytes, skeys: list[str], stamps: list[str],
-               ttl_ms: int | None) -> bool:
-        """Write the entry only if ``stamps`` are still current."""
-        raise NotImplementedError
+    def store_if_current(self, vkey: str, raw: bytes, skeys: list[str], stamps: list[str],
+                         ttl_ms: int | None) -> bool:
+        """Write ``raw`` under ``vkey`` (expiring after ``ttl_ms``, ``None``: never)
+        only if every stamp key still holds the given stamp; ``False`` if not written.
+        The check saves work; correctness rests on the read-side check, so it need not
+        be atomic with the write where the store cannot make it so (Redis Cluster)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement store_if_current()")
 
-    def _replace_stamps(self, skeys: list[str]) -> None:
-        raise NotImplementedError
+    def replace_stamps(self, skeys: list[str]) -> bool:
+        """Give each stamp key a new token (expiring after ``stamp_ttl``). Return
+        ``False`` if the store refused to write (full): the stamps are then deleted
+        with :meth:`delete_keys`, which invalidates just as surely."""
+        raise NotImplementedError(f"{type(self).__name__} must implement replace_stamps()")
 
-    def _delete(self, vkey: str) -> None:
-        raise NotImplementedError
+    def delete_keys(self, keys: list[str]) -> None:
+        """Remove ``keys`` (absent ones are no error)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement delete_keys()")
 
-    def _clear(self) -> None:
-        raise NotImplementedError
+    def clear(self) -> None:
+        """Remove every key under this cache's two prefixes, and nothing else."""
+        raise NotImplementedError(f"{type(self).__name__} must implement clear()")
 
-    def _acquire_lease(self, lkey: str, token: str, ttl_ms: int) -> bool:
-        raise NotImplementedError
+    def acquire_lease(self, lkey: str, token: str, ttl_ms: int) -> bool:
+        """Take the lease ``lkey`` for ``ttl_ms`` if no one holds it."""
+        raise NotImplementedError(f"{type(self).__name__} must implement acquire_lease()")
 
-    def _release_lease(self, lkey: str, token: str) -> None:
-        raise NotImplementedError
+    def release_lease(self, lkey: str, token: str) -> None:
+        """Release ``lkey`` if ``token`` still holds it, and wake its waiters."""
+        raise NotImplementedError(f"{type(self).__name__} must implement release_lease()")
 
-    def _wait_lease(self, lkey: str, timeout: float) -> None:
-        """Block until the lease is released or expired, or ``timeout`` passes."""
-        raise NotImplementedError
+    def wait_lease(self, lkey: str, timeout: float) -> None:
+        """Block until ``lkey`` is released or expires, or ``timeout`` seconds pass,
+        without busy-spinning."""
+        raise NotImplementedError(f"{type(self).__name__} must implement wait_lease()")
 
-    # Async primitives default to the sync ones, which suits a backend without I/O.
-    async def _afetch(self, vkey: str, skeys: list[str]) -> tuple[Any, Stamps]:
-        return self._fetch(vkey, skeys)
+    def scan_keys(self) -> Iterator[str]:
+        """Every key under this cache's prefixes (for ``relaycache stats``), without
+        blocking the store (``SCAN``, never ``KEYS``)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement scan_keys()")
 
-    async def _aacquire_stamps(self, skeys: list[str]) -> list[str]:
-        return self._acquire_stamps(skeys)
+    def describe_keys(self, keys: list[str], head: int = 0
+                      ) -> list[KeyDescription | None]:
+        """A :class:`KeyDescription` of each key (``None`` if absent), with the first
+        ``head`` bytes of its value (for ``relaycache stats`` and ``inspect``)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement describe_keys()")
 
-    async def _astore(self, vkey: str, raw: bytes, skeys: list[str], stamps: list[str],
-                      ttl_ms: int | None) -> bool:
-        return self._store(vkey, raw, skeys, stamps, ttl_ms)
+    def ping(self) -> None:
+        """Raise one of :attr:`errors` if the store cannot be reached."""
+        self.fetch([self.meta_prefix + "ping"])
 
-    async def _areplace_stamps(self, skeys: list[str]) -> None:
-        self._replace_stamps(skeys)
+    async def afetch(self, keys: list[str]) -> list[Any]:
+        return self.fetch(keys)
 
-    async def _aacquire_lease(self, lkey: str, token: str, ttl_ms: int) -> bool:
-        return self._acquire_lease(lkey, token, ttl_ms)
+    async def aacquire_stamps(self, skeys: list[str]) -> list[str]:
+        return self.acquire_stamps(skeys)
 
-    async def _arelease_lease(self, lkey: str, token: str) -> None:
-        self._release_lease(lkey, token)
+    async def astore_if_current(self, vkey: str, raw: bytes, skeys: list[str],
+                                stamps: list[str], ttl_ms: int | None) -> bool:
+        return self.store_if_current(vkey, raw, skeys, stamps, ttl_ms)
 
-    async def _await_lease(self, lkey: str, timeout: float) -> None:
-        await asyncio.sleep(min(timeout, 0.05))
+    async def areplace_stamps(self, skeys: list[str]) -> bool:
+        return self.replace_stamps(skeys)
+
+    async def adelete_keys(self, keys: list[str]) -> None:
+        self.delete_keys(keys)
+
+    async def aclear(self) -> None:
+        """Async :meth:`clear`."""
+        self.clear()
+
+    async def aacquire_lease(self, lkey: str, token: str, ttl_ms: int) -> bool:
+        return self.acquire_lease(lkey, token, ttl_ms)
+
+    async def arelease_lease(self, lkey: str, token: str) -> None:
+        self.release_lease(lkey, token)
+
+    async def await_lease(self, lkey: str, timeout: float) -> None:
+        # The sync wait would block the event loop: poll the lease instead.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and (await self.afetch([lkey]))[0] is not None:
+            await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
     # -- naming ---------------------------------------------------------------------
 
     def value_key(self, key: str) -> str:
+        """The stored key of the entry ``key``."""
         check_key(key)
         if self._reserved and key.startswith(self._reserved):
             raise ValueError(f"cache keys must not start with {self._reserved!r} (meta_prefix)")
         return self.value_prefix + key
 
-    def _entry_tags(self, tags: Iterable[str]) -> tuple[list[str], list[str]]:
+    def entry_tags(self, tags: Iterable[str]) -> tuple[list[str], list[str]]:
         """The tags an entry is stored under (the caller's and the backend's own) and
         their stamp keys. Remembered per tag list, since hits repeat the same few:
         callers must not change the lists."""
@@ -278,134 +281,56 @@ class BaseCache:
         return found
 
     def stamp_keys(self, tags: list[str]) -> list[str]:
+        """The stamp keys of ``tags``."""
         return [f"{self.meta_prefix}t:{tag}" for tag in tags]
 
     def lease_key(self, key: str) -> str:
         return f"{self.meta_prefix}l:{key}"
 
-    def _ttl_ms(self, ttl: float | None) -> int | None:
+    def ttl_ms(self, ttl: float | None) -> int | None:
+        """``ttl`` (``None``: the default) in whole milliseconds, ``None`` for never."""
         ttl = check_ttl(ttl)
         if ttl is None:
             ttl = self.default_ttl
         return None if ttl is None else max(1, int(ttl * 1000))
 
-    # -- guarded calls --------------------------------------------------------------
-
-    def _guard(self, primitive: Callable[..., T], *args: Any) -> T:
-        if not self.breaker.allow():
-            return FAILED
-        try:
-            result = primitive(*args)
-        except self.errors as exc:
-            self._record_failure(primitive, exc)
-            return FAILED
-        self.breaker.record_success()
+    def current_stamps(self, tags: list[str]) -> dict[str, str | None]:
+        """The current stamp of each tag (``None``: none, which matches no entry)."""
+        result: dict[str, str | None] = {}
+        for start in range(0, len(tags), 500):
+            chunk = tags[start:start + 500]
+            found = self.fetch(self.stamp_keys(chunk))
+            result.update(zip(chunk, (flow.stamp_text(stamp) for stamp in found), strict=True))
         return result
 
-    async def _aguard(self, primitive: Callable[..., Awaitable[T]], *args: Any) -> T:
-        if not self.breaker.allow():
-            return FAILED
-        try:
-            result = await primitive(*args)
-        except self.errors as exc:
-            self._record_failure(primitive, exc)
-            return FAILED
-        self.breaker.record_success()
-        return result
-
-    def _record_failure(self, primitive: Callable[..., Any], exc: BaseException) -> None:
-        self.breaker.record_failure()
-        self.stats.incr("errors")
-        logger.warning("relaycache: %s failed on %r: %s", primitive.__name__.lstrip("_"),
-                       self, exc)
-
-    def _usable(self) -> bool:
-        """Reads are served only when no invalidation of ours is still undelivered."""
-        if self._pending:
-            self._deliver_pending()
-        if self._pending:
-            self.stats.incr("bypassed")
-            return False
-        return True
-
-    # -- entries --------------------------------------------------------------------
-
-    def _pack(self, tags: list[str], stamps: Stamps, value: Any) -> bytes:
-        return orjson.dumps([tags, stamps, to_json(value)])
-
-    def _unpack(self, vkey: str, raw: Any, tags: list[str], stamps: Stamps
-                ) -> tuple[bool, Any]:
-        if raw is None:
-            return self._missed(vkey, "absent")
-        try:
-            if self.compression is not None:
-                raw = self.compression.decompress(raw)
-            entry_tags, entry_stamps, data = orjson.loads(raw)
-            fresh = entry_tags == tags and entry_stamps == stamps and None not in stamps
-            value = from_json(data) if fresh and may_hold_markers(raw) else data
-        except (ValueError, TypeError, KeyError, LookupError) as exc:
-            logger.warning("relaycache: corrupt entry treated as a miss: %s", exc)
-            return self._missed(vkey, "corrupt")
-        if not fresh:
-            return self._missed(vkey, "stale")
-        self.stats.incr("hits")
-        if events.listeners:
-            events.emit("hit", self, key=vkey)
-        return True, value
-
-    def _missed(self, vkey: str, reason: str) -> tuple[bool, None]:
-        self.stats.incr("misses")
-        if reason != "absent":
-            self.stats.incr(reason)
-        if events.listeners:
-            events.emit("miss", self, key=vkey, reason=reason)
-        return False, None
-
-    def _encode_for_store(self, tags: list[str], stamps: Stamps, value: Any) -> bytes | None:
-        raw = self._pack(tags, stamps, value)
-        if self.compression is not None:
-            raw = self.compression.compress(raw)
-        if len(raw) > self.max_entry_size:
-            self.stats.incr("oversize")
-            logger.info("relaycache: entry of %d bytes over max_entry_size not stored", len(raw))
-            return None
-        return raw
-
-    # -- public API -----------------------------------------------------------------
+    # -- the cache API ----------------------------------------------------------------
 
     def get(self, key: str, default: Any = None, *, tags: Iterable[str] = ()) -> Any:
         """The cached value, or ``default`` when absent or invalidated."""
-        vkey, (tags, skeys) = self.value_key(key), self._entry_tags(tags)
-        if not self._usable():
-            return default
-        fetched = self._guard(self._fetch, vkey, skeys)
-        if fetched is FAILED:
-            return default
-        found, value = self._unpack(vkey, fetched[0], tags, fetched[1])
-        return value if found else default
+        return self._run(flow.get_entry(self, key, default, tags))
+
+    async def aget(self, key: str, default: Any = None, *, tags: Iterable[str] = ()) -> Any:
+        """Async :meth:`get`."""
+        return await self._arun(flow.get_entry(self, key, default, tags))
 
     def set(self, key: str, value: Any, ttl: float | None = None, *,
             tags: Iterable[str] = ()) -> bool:
         """Store ``value`` under the current stamps of ``tags``; ``False`` if not stored."""
-        vkey, (tags, skeys) = self.value_key(key), self._entry_tags(tags)
-        ttl_ms = self._ttl_ms(ttl)
-        to_json(value)  # unencodable values fail here, whatever the backend's health
-        if not self._usable():
-            return False
-        stamps = self._guard(self._acquire_stamps, skeys)
-        if stamps is FAILED:
-            return False
-        return self._store_entry(vkey, tags, skeys, stamps, value, ttl_ms)
+        return self._run(flow.set_entry(self, key, value, ttl, tags))
+
+    async def aset(self, key: str, value: Any, ttl: float | None = None, *,
+                   tags: Iterable[str] = ()) -> bool:
+        """Async :meth:`set`."""
+        return await self._arun(flow.set_entry(self, key, value, ttl, tags))
 
     def delete(self, key: str) -> None:
         """Drop one entry (other entries under its tags stay valid); retried like an
         invalidation if the backend cannot be reached."""
-        self._pending.add(keys=[self.value_key(key)])
-        self._deliver_pending()
+        self._run(flow.delete_entry(self, key))
 
-    def clear(self) -> None:
-        """Remove every key under this cache's prefixes, and nothing else."""
-        self._clear()
+    async def adelete(self, key: str) -> None:
+        """Async :meth:`delete`."""
+        await self._arun(flow.delete_entry(self, key))
 
     def invalidate(self, tags: Iterable[str]) -> None:
         """Make every entry under any of ``tags`` unservable, in O(len(tags)).
@@ -413,264 +338,141 @@ class BaseCache:
         If the backend cannot be reached, the tags are kept and redelivered in the
         background until they land; meanwhile this process serves nothing from cache.
         """
-        tags = check_tags(tags)
-        if not tags:
-            return
-        self.stats.incr("invalidations")
-        self._pending.add(tags=tags)
-        self._deliver_pending()
-        if events.listeners:
-            events.emit("invalidated", self, tags=tags)
+        self._run(flow.invalidate(self, tags))
 
     async def ainvalidate(self, tags: Iterable[str]) -> None:
-        tags = check_tags(tags)
-        if not tags:
-            return
-        self.stats.incr("invalidations")
-        self._pending.add(tags=tags)
-        batch, _ = self._pending.snapshot()
-        if await self._aguard(self._areplace_stamps, self.stamp_keys(sorted(batch))) is FAILED:
-            self._schedule_retry()
-        else:
-            self._pending.forget(tags=batch)
-        if events.listeners:
-            events.emit("invalidated", self, tags=tags)
-
-    @property
-    def pending_invalidations(self) -> list[str]:
-        """Tags whose invalidation has not reached the backend yet."""
-        return sorted(self._pending.snapshot()[0])
-
-    def _deliver_pending(self) -> bool:
-        """Deliver undelivered invalidations and deletes; ``False`` if some remain."""
-        tags, keys = self._pending.snapshot()
-        if tags:
-            if self._guard(self._replace_stamps, self.stamp_keys(sorted(tags))) is FAILED:
-                return self._retry_later(len(tags) + len(keys))
-            self._pending.forget(tags=tags)
-        for vkey, generation in keys.items():
-            if self._guard(self._delete, vkey) is FAILED:
-                return self._retry_later(len(keys))
-            self._pending.forget(keys={vkey: generation})
-        return True
-
-    def _retry_later(self, count: int) -> bool:
-        now = time.monotonic()
-        if now - self._last_retry_log >= 5.0:  # one line per 5 s, not one per call
-            self._last_retry_log = now
-            logger.error("relaycache: %d invalidation(s) not delivered yet; retrying", count)
-        self._schedule_retry()
-        return False
-
-    def _schedule_retry(self) -> None:
-        with self._retry_lock:
-            if self._retry_thread is not None and self._retry_thread.is_alive():
-                return
-            self._retry_thread = threading.Thread(
-                target=self._retry_loop, name="relaycache-invalidation-retry", daemon=True
-            )
-            self._retry_thread.start()
-
-    def _retry_loop(self) -> None:
-        delay = 0.05
-        while self._pending:
-            time.sleep(delay)
-            self.stats.incr("invalidations_retried")
-            if self._deliver_pending():
-                logger.warning("relaycache: pending invalidations delivered")
-                return
-            delay = min(delay * 2, self.breaker.cooldown or 1.0, 5.0)
-
-    # -- read-through ---------------------------------------------------------------
+        """Async :meth:`invalidate`."""
+        await self._arun(flow.invalidate(self, tags))
 
     def get_or_set(self, key: str, compute: Callable[[], T], *, ttl: float | None = None,
                    tags: Iterable[str] = (), singleflight: bool = False, store: bool = True,
                    strict: bool = True) -> T:
         """Serve ``key`` from the cache or compute, store and return it.
 
-        Concurrent misses of one key in this process compute once; with
-        ``singleflight`` a lease extends that to every process sharing the backend.
-        ``store=False`` serves hits but never stores (a read inside a snapshot
-        transaction); ``strict=False`` returns an unencodable value uncached instead of
-        raising ``TypeError``.
+        Concurrent misses of one key in this process compute once (the others wait at
+        most ``lease_ttl``); with ``singleflight`` a lease extends that to every
+        process sharing the backend. ``store=False`` serves hits but never stores (a
+        read inside a snapshot transaction); ``strict=False`` returns a value the codec
+        cannot encode uncached instead of raising ``TypeError``.
         """
-        vkey, (tags, skeys) = self.value_key(key), self._entry_tags(tags)
-        ttl_ms = self._ttl_ms(ttl)
-        if not self._usable():
-            return compute()
-        found, value, stamps = self._lookup(vkey, tags, skeys)
-        if found:
-            return value
-        if stamps is FAILED or not store:
-            return compute()
-        if not strict:
-            compute = self._lenient(compute)
-        event = self._flights.join(vkey)
-        if event is not None:
-            self.stats.incr("singleflight_waits")
-            event.wait(self.lease_ttl)
-            found, value, stamps = self._lookup(vkey, tags, skeys)
-            if found or stamps is FAILED:
-                return value if found else compute()
-            return self._miss(vkey, tags, skeys, stamps, ttl_ms, compute, singleflight)
-        try:
-            return self._miss(vkey, tags, skeys, stamps, ttl_ms, compute, singleflight)
-        finally:
-            self._flights.leave(vkey)
-
-    def _lenient(self, compute: Callable[[], T]) -> Callable[[], T]:
-        """Wrap ``compute`` so that a value the codec cannot encode is not stored."""
-
-        def checked() -> Any:
-            value = compute()
-            try:
-                to_json(value)
-            except TypeError as exc:
-                self.stats.incr("bypassed")
-                logger.debug("relaycache: result not cached: %s", exc)
-                return _Unstorable(value)
-            return value
-
-        return checked  # type: ignore[return-value]
-
-    def _lookup(self, vkey: str, tags: list[str], skeys: list[str]) -> tuple[bool, Any, Any]:
-        fetched = self._guard(self._fetch, vkey, skeys)
-        if fetched is FAILED:
-            return False, None, FAILED
-        found, value = self._unpack(vkey, fetched[0], tags, fetched[1])
-        return found, value, fetched[1]
-
-    def _miss(self, vkey: str, tags: list[str], skeys: list[str], stamps: Stamps,
-              ttl_ms: int | None, compute: Callable[[], T], singleflight: bool) -> T:
-        if not singleflight:
-            return self._compute_and_store(vkey, tags, skeys, stamps, ttl_ms, compute)
-        lkey, token = self.lease_key(vkey), new_token()
-        lease_ms = max(1, int(self.lease_ttl * 1000))
-        deadline = time.monotonic() + 2 * self.lease_ttl
-        while True:
-            leased = self._guard(self._acquire_lease, lkey, token, lease_ms)
-            if leased is FAILED:
-                return compute()
-            if leased:
-                try:
-                    found, value, stamps = self._lookup(vkey, tags, skeys)
-                    if found or stamps is FAILED:
-                        return value if found else compute()
-                    return self._compute_and_store(vkey, tags, skeys, stamps, ttl_ms, compute)
-                finally:
-                    self._guard(self._release_lease, lkey, token)
-            self.stats.incr("singleflight_waits")
-            self._guard(self._wait_lease, lkey, max(0.0, deadline - time.monotonic()))
-            found, value, stamps = self._lookup(vkey, tags, skeys)
-            if found or stamps is FAILED:
-                return value if found else compute()
-            if time.monotonic() >= deadline:
-                return self._compute_and_store(vkey, tags, skeys, stamps, ttl_ms, compute)
-
-    def _compute_and_store(self, vkey: str, tags: list[str], skeys: list[str], stamps: Stamps,
-                           ttl_ms: int | None, compute: Callable[[], T]) -> T:
-        if None in stamps:
-            stamps = self._guard(self._acquire_stamps, skeys)
-        value = compute()
-        if type(value) is _Unstorable:
-            return value.value
-        if stamps is FAILED:
-            to_json(value)
-        else:
-            self._store_entry(vkey, tags, skeys, stamps, value, ttl_ms)
+        value: T = self._run(flow.get_or_set(self, self._flights, key, ttl, tags,
+                                             singleflight, store, strict), compute)
         return value
-
-    def _store_entry(self, vkey: str, tags: list[str], skeys: list[str], stamps: Stamps,
-                     value: Any, ttl_ms: int | None) -> bool:
-        raw = self._encode_for_store(tags, stamps, value)
-        if raw is None:
-            return False
-        stored = self._guard(self._store, vkey, raw, skeys, stamps, ttl_ms)
-        return self._count_store(stored)
-
-    def _count_store(self, stored: Any) -> bool:
-        if stored is FAILED:
-            return False
-        self.stats.incr("stores" if stored else "stores_rejected")
-        return bool(stored)
-
-    # -- async read-through (same flow, awaiting the backend) ------------------------
 
     async def aget_or_set(self, key: str, compute: Callable[[], Awaitable[T]], *,
                           ttl: float | None = None, tags: Iterable[str] = (),
-                          singleflight: bool = False) -> T:
+                          singleflight: bool = False, store: bool = True,
+                          strict: bool = True) -> T:
         """Async :meth:`get_or_set`: ``compute`` returns an awaitable."""
-        vkey, (tags, skeys) = self.value_key(key), self._entry_tags(tags)
-        ttl_ms = self._ttl_ms(ttl)
-        if not self._usable():
-            return await compute()
-        found, value, stamps = await self._alookup(vkey, tags, skeys)
-        if found:
-            return value
-        if stamps is FAILED:
-            return await compute()
-        event = self._aflights.join(vkey)
-        if event is not None:
-            self.stats.incr("singleflight_waits")
-            await event.wait()
-            found, value, stamps = await self._alookup(vkey, tags, skeys)
-            if found or stamps is FAILED:
-                return value if found else await compute()
-            return await self._amiss(vkey, tags, skeys, stamps, ttl_ms, compute, singleflight)
-        try:
-            return await self._amiss(vkey, tags, skeys, stamps, ttl_ms, compute, singleflight)
-        finally:
-            self._aflights.leave(vkey)
+        return await self._arun(flow.get_or_set(self, self._task_flights, key, ttl, tags,
+                                                singleflight, store, strict), compute)
 
-    async def _alookup(self, vkey: str, tags: list[str], skeys: list[str]
-                       ) -> tuple[bool, Any, Any]:
-        fetched = await self._aguard(self._afetch, vkey, skeys)
-        if fetched is FAILED:
-            return False, None, FAILED
-        found, value = self._unpack(vkey, fetched[0], tags, fetched[1])
-        return found, value, fetched[1]
+    @property
+    def pending_invalidations(self) -> list[str]:
+        """Tags whose invalidation has not reached the backend yet."""
+        return sorted(self.undelivered.snapshot()[0])
 
-    async def _amiss(self, vkey: str, tags: list[str], skeys: list[str], stamps: Stamps,
-                     ttl_ms: int | None, compute: Callable[[], Awaitable[T]],
-                     singleflight: bool) -> T:
-        if not singleflight:
-            return await self._acompute_and_store(vkey, tags, skeys, stamps, ttl_ms, compute)
-        lkey, token = self.lease_key(vkey), new_token()
-        lease_ms = max(1, int(self.lease_ttl * 1000))
-        deadline = time.monotonic() + 2 * self.lease_ttl
+    # -- the two drivers ------------------------------------------------------------
+
+    def _run(self, steps: Flow[T], compute: Callable[[], Any] | None = None) -> T:
+        """Carry out a flow with the sync primitives. Whatever a step raises is thrown
+        back into the flow, so its ``finally`` blocks (leave the flight, release the
+        lease) run before the exception reaches the caller."""
+        sent: Any = None
+        error: BaseException | None = None
         while True:
-            leased = await self._aguard(self._aacquire_lease, lkey, token, lease_ms)
-            if leased is FAILED:
-                return await compute()
-            if leased:
-                try:
-                    found, value, stamps = await self._alookup(vkey, tags, skeys)
-                    if found or stamps is FAILED:
-                        return value if found else await compute()
-                    return await self._acompute_and_store(vkey, tags, skeys, stamps, ttl_ms,
-                                                          compute)
-                finally:
-                    await self._aguard(self._arelease_lease, lkey, token)
-            self.stats.incr("singleflight_waits")
-            await self._aguard(self._await_lease, lkey, max(0.0, deadline - time.monotonic()))
-            found, value, stamps = await self._alookup(vkey, tags, skeys)
-            if found or stamps is FAILED:
-                return value if found else await compute()
-            if time.monotonic() >= deadline:
-                return await self._acompute_and_store(vkey, tags, skeys, stamps, ttl_ms,
-                                                      compute)
+            try:
+                step, args = steps.send(sent) if error is None else steps.throw(error)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            error = None
+            try:
+                if step is COMPUTE:
+                    sent = compute()  # type: ignore[misc]
+                elif step is WAIT:
+                    sent = args[0].wait(args[1])
+                else:
+                    sent = self._call(step.name, args)
+            except BaseException as exc:
+                error = exc
 
-    async def _acompute_and_store(self, vkey: str, tags: list[str], skeys: list[str],
-                                  stamps: Stamps, ttl_ms: int | None,
-                                  compute: Callable[[], Awaitable[T]]) -> T:
-        if None in stamps:
-            stamps = await self._aguard(self._aacquire_stamps, skeys)
-        value = await compute()
-        if stamps is FAILED:
-            to_json(value)
-            return value
-        raw = self._encode_for_store(tags, stamps, value)
-        if raw is not None:
-            self._count_store(await self._aguard(self._astore, vkey, raw, skeys, stamps,
-                                                 ttl_ms))
-        return value
+    async def _arun(self, steps: Flow[T],
+                    compute: Callable[[], Awaitable[Any]] | None = None) -> T:
+        """Carry out a flow with the async primitives (see :meth:`_run`); a cancelled
+        task still leaves its flight and releases its lease."""
+        sent: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step, args = steps.send(sent) if error is None else steps.throw(error)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            error = None
+            try:
+                if step is COMPUTE:
+                    sent = await compute()  # type: ignore[misc]
+                elif step is WAIT:
+                    try:
+                        sent = await asyncio.wait_for(args[0].wait(), args[1])
+                    except TimeoutError:
+                        sent = False
+                else:
+                    sent = await self._acall(step.aname, step.name, args)
+            except BaseException as exc:
+                error = exc
+
+    def _call(self, name: str, args: tuple[Any, ...]) -> Any:
+        """A primitive call: ``FAILED`` if the breaker is open or it raised one of
+        :attr:`errors` (fail-open), its result otherwise."""
+        if not self.breaker.allow():
+            return FAILED
+        try:
+            result = getattr(self, name)(*args)
+        except self.errors as exc:
+            self._record_failure(name, exc)
+            return FAILED
+        self.breaker.record_success()
+        return result
+
+    async def _acall(self, aname: str, name: str, args: tuple[Any, ...]) -> Any:
+        """Async :meth:`_call`."""
+        if not self.breaker.allow():
+            return FAILED
+        try:
+            result = await getattr(self, aname)(*args)
+        except self.errors as exc:
+            self._record_failure(name, exc)
+            return FAILED
+        self.breaker.record_success()
+        return result
+
+    def _record_failure(self, name: str, exc: BaseException) -> None:
+        self.breaker.record_failure()
+        self.stats.incr("errors")
+        logger.warning("relaycache: %s failed on %r: %s", name, self, exc)
+
+    # -- redelivery -----------------------------------------------------------------
+
+    def redeliver_later(self, count: int) -> bool:
+        """Log (at most every 5 s) and start the redelivery thread; ``False``."""
+        now = time.monotonic()
+        if now - self._last_retry_log >= 5.0:  # one line per 5 s, not one per call
+            self._last_retry_log = now
+            logger.error("relaycache: %d invalidation(s) not delivered yet; retrying", count)
+        with self._retry_lock:
+            if self._retry_thread is None or not self._retry_thread.is_alive():
+                self._retry_thread = threading.Thread(
+                    target=self._retry_loop, name="relaycache-invalidation-retry",
+                    daemon=True)
+                self._retry_thread.start()
+        return False
+
+    def _retry_loop(self) -> None:
+        delay = 0.05
+        while self.undelivered:
+            time.sleep(delay)
+            self.stats.incr("invalidations_retried")
+            if self._run(flow.deliver(self)):
+                logger.warning("relaycache: pending invalidations delivered")
+                return
+            delay = min(delay * 2, self.breaker.cooldown or 1.0, 5.0)

@@ -5,9 +5,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
-from .base import BaseCache, Stamps, new_token
+from .base import BaseCache, KeyDescription
+from .flow import new_token
+
+__all__ = ["InMemoryCache"]
 
 
 class InMemoryCache(BaseCache):
@@ -16,7 +20,13 @@ class InMemoryCache(BaseCache):
     Entries are kept encoded, so every read returns a fresh copy and nothing a caller
     mutates reaches the cache. Stamps are bounded too: evicting one only makes the
     entries under its tag miss.
+
+    :param max_entries: entries, stamps and leases kept at most (least recently used
+        go first).
+    Other options are :class:`~relaycache.backends.base.BaseCache`'s.
     """
+
+    shared = False
 
     def __init__(self, default_ttl: float | None = 3600, *, max_entries: int = 10_000,
                  **options: Any) -> None:
@@ -48,12 +58,14 @@ class InMemoryCache(BaseCache):
         while len(self._data) > self.max_entries:
             self._data.popitem(last=False)
 
-    def _fetch(self, vkey: str, skeys: list[str]) -> tuple[Any, Stamps]:
+    # -- the storage contract ------------------------------------------------------
+
+    def fetch(self, keys: list[str]) -> list[Any]:
         now = time.monotonic()
         with self._lock:
-            return self._get(vkey, now), [self._get(k, now) for k in skeys]
+            return [self._get(key, now) for key in keys]
 
-    def _acquire_stamps(self, skeys: list[str]) -> list[str]:
+    def acquire_stamps(self, skeys: list[str]) -> list[str]:
         now = time.monotonic()
         stamp_ms = self.stamp_ttl * 1000
         with self._lock:
@@ -66,8 +78,8 @@ class InMemoryCache(BaseCache):
                 stamps.append(stamp)
             return stamps
 
-    def _store(self, vkey: str, raw: bytes, skeys: list[str], stamps: list[str],
-               ttl_ms: int | None) -> bool:
+    def store_if_current(self, vkey: str, raw: bytes, skeys: list[str], stamps: list[str],
+                         ttl_ms: int | None) -> bool:
         now = time.monotonic()
         with self._lock:
             if [self._get(k, now) for k in skeys] != stamps:
@@ -75,22 +87,24 @@ class InMemoryCache(BaseCache):
             self._put(vkey, raw, ttl_ms, now)
             return True
 
-    def _replace_stamps(self, skeys: list[str]) -> None:
+    def replace_stamps(self, skeys: list[str]) -> bool:
         now = time.monotonic()
         with self._lock:
             for skey in skeys:
                 self._put(skey, new_token(), self.stamp_ttl * 1000, now)
+        return True
 
-    def _delete(self, vkey: str) -> None:
+    def delete_keys(self, keys: list[str]) -> None:
         with self._lock:
-            self._data.pop(vkey, None)
+            for key in keys:
+                self._data.pop(key, None)
 
-    def _clear(self) -> None:
+    def clear(self) -> None:
         with self._lock:
             self._data.clear()
             self._released.notify_all()
 
-    def _acquire_lease(self, lkey: str, token: str, ttl_ms: int) -> bool:
+    def acquire_lease(self, lkey: str, token: str, ttl_ms: int) -> bool:
         now = time.monotonic()
         with self._lock:
             if self._get(lkey, now) is not None:
@@ -98,13 +112,13 @@ class InMemoryCache(BaseCache):
             self._put(lkey, token, ttl_ms, now)
             return True
 
-    def _release_lease(self, lkey: str, token: str) -> None:
+    def release_lease(self, lkey: str, token: str) -> None:
         with self._lock:
             if self._get(lkey, time.monotonic()) == token:
                 del self._data[lkey]
             self._released.notify_all()
 
-    def _wait_lease(self, lkey: str, timeout: float) -> None:
+    def wait_lease(self, lkey: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         with self._lock:
             while True:
@@ -115,8 +129,29 @@ class InMemoryCache(BaseCache):
                 expires = item[1] if item[1] is not None else deadline
                 self._released.wait(min(deadline, expires) - now)
 
-    def keys(self) -> list[str]:
-        """Every live key, entries and stamps alike (for inspection and tests)."""
+    def scan_keys(self) -> Iterator[str]:
         now = time.monotonic()
         with self._lock:
-            return [k for k in list(self._data) if self._get(k, now) is not None]
+            live = [key for key, (_, expires) in self._data.items()
+                    if expires is None or expires > now]
+        yield from live
+
+    def describe_keys(self, keys: list[str], head: int = 0) -> list[KeyDescription | None]:
+        now = time.monotonic()
+        described: list[KeyDescription | None] = []
+        with self._lock:
+            for key in keys:
+                item = self._data.get(key)
+                if item is None or (item[1] is not None and item[1] <= now):
+                    described.append(None)
+                    continue
+                value, expires = item
+                data = value if isinstance(value, bytes) else str(value).encode()
+                ttl = None if expires is None else max(0, int((expires - now) * 1000))
+                described.append(KeyDescription(size=len(data), ttl_ms=ttl,
+                                                head=data[:head] if head else None))
+        return described
+
+    def keys(self) -> list[str]:
+        """Every live key, entries and stamps alike (for inspection and tests)."""
+        return list(self.scan_keys())

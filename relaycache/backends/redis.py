@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import time
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -15,7 +16,8 @@ from redis.exceptions import OutOfMemoryError, RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import SentinelConnectionPool
 
-from .base import BaseCache, Stamps, new_token
+from .base import BaseCache, KeyDescription
+from .flow import new_token
 
 # KEYS: entry, stamp...; ARGV: entry, ttl_ms or "", expected stamp...
 _STORE_IF_CURRENT = """
@@ -51,7 +53,8 @@ SERVER_TAG = "__server__"
 
 
 def _run_id(info: Any) -> str | None:
-    for line in _text(info).splitlines():
+    text: str = _text(info)
+    for line in text.splitlines():
         if line.startswith("run_id:"):
             return line[len("run_id:"):].strip()
     return None
@@ -196,6 +199,30 @@ def _async_client(client: redis.Redis, guard: _RestartGuard | None) -> Any:
         connection_class=connection_class, **kwargs))
 
 
+Command = tuple[tuple[Any, ...], dict[str, Any]]
+"""A command's arguments and redis-py's options for its reply callback."""
+
+
+def _command(*args: Any, **options: Any) -> Command:
+    return args, options
+
+
+class _LoopClient:
+    """The asyncio client of one event loop, with its scripts (sent as ``EVALSHA``)."""
+
+    __slots__ = ("client", "release", "store")
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.store = client.register_script(_STORE_IF_CURRENT)
+        self.release = client.register_script(_RELEASE_LEASE)
+
+
+def _refused_for_memory(exc: redis.ResponseError) -> bool:
+    """A write refused by a full server under ``noeviction``."""
+    return isinstance(exc, OutOfMemoryError) or "maxmemory" in str(exc)
+
+
 class RedisCache(BaseCache):
     """Tag-stamped cache on Redis.
 
@@ -219,8 +246,9 @@ class RedisCache(BaseCache):
         super().__init__(default_ttl=default_ttl, **options)
         self.redis_client = client
         self.is_cluster = isinstance(client, RedisCluster)
-        if self.is_cluster:
-            self._guard_restarts = None
+        self._guard_restarts: _RestartGuard | None = None
+        self._client: Any
+        if isinstance(client, RedisCluster):
             self._client = _bounded_cluster(client, socket_timeout)
         else:
             self.implicit_tags = (SERVER_TAG,)
@@ -231,7 +259,8 @@ class RedisCache(BaseCache):
         self._store_script = None if self.is_cluster else self._client.register_script(
             _STORE_IF_CURRENT)
         self._release_script = self._client.register_script(_RELEASE_LEASE)
-        self._aclients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        self._loop_clients: weakref.WeakKeyDictionary[Any, _LoopClient | None] = (
+            weakref.WeakKeyDictionary())
 
     @classmethod
     def from_url(cls, url: str, default_ttl: float | None = 3600, **options: Any
@@ -251,25 +280,49 @@ class RedisCache(BaseCache):
         # pipeline. The price: every hit reads the stamps' node.
         return [f"{self.meta_prefix}{{t}}:{tag}" for tag in tags]
 
-    # -- sync primitives -------------------------------------------------------------
+    # -- command bodies shared by the sync and async primitives ----------------------
 
-    def _fetch(self, vkey: str, skeys: list[str]) -> tuple[Any, Stamps]:
+    def _acquire_commands(self, skeys: list[str]) -> tuple[list[str], list[Command]]:
+        tokens = [new_token() for _ in skeys]
+        stamp_ms = int(self.stamp_ttl * 1000)
+        # get=True tells redis-py's reply callback for SET that GET was asked for (as
+        # its own set(get=True) does); without it the old stamp becomes a bool.
+        return tokens, [_command("SET", skey, token, "NX", "PX", stamp_ms, "GET", get=True)
+                        for skey, token in zip(skeys, tokens, strict=True)]
+
+    def _replace_commands(self, skeys: list[str]) -> list[Command]:
+        stamp_ms = int(self.stamp_ttl * 1000)
+        return [_command("SET", skey, new_token(), "PX", stamp_ms) for skey in skeys]
+
+    def _pipeline(self, commands: list[Command], raise_on_error: bool = True
+                  ) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command[0], **command[1])
+        return list(pipe.execute(raise_on_error=raise_on_error))
+
+    @staticmethod
+    async def _apipeline(client: Any, commands: list[Command]) -> list[Any]:
+        async with client.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command[0], **command[1])
+            return list(await pipe.execute())
+
+    # -- the storage contract, sync ------------------------------------------------
+
+    def fetch(self, keys: list[str]) -> list[Any]:
         # execute_command() rather than mget(): the same MGET, without the option
         # plumbing for client-side caching (off on our clients), about 3 µs a hit.
-        values = (self._client.mget_nonatomic([vkey, *skeys]) if self.is_cluster
-                  else self._client.execute_command("MGET", vkey, *skeys))
-        return values[0], [_text(v) for v in values[1:]]
+        if self.is_cluster:
+            return list(self._client.mget_nonatomic(keys))
+        return list(self._client.execute_command("MGET", *keys))
 
-    def _acquire_stamps(self, skeys: list[str]) -> list[str]:
-        tokens = [new_token() for _ in skeys]
-        pipe = self._client.pipeline(transaction=False)
-        for skey, token in zip(skeys, tokens, strict=True):
-            pipe.set(skey, token, nx=True, px=int(self.stamp_ttl * 1000), get=True)
-        previous = pipe.execute()
-        return _current_stamps(previous, tokens)
+    def acquire_stamps(self, skeys: list[str]) -> list[str]:
+        tokens, commands = self._acquire_commands(skeys)
+        return _current_stamps(self._pipeline(commands), tokens)
 
-    def _store(self, vkey: str, raw: bytes, skeys: list[str], stamps: list[str],
-               ttl_ms: int | None) -> bool:
+    def store_if_current(self, vkey: str, raw: bytes, skeys: list[str], stamps: list[str],
+                         ttl_ms: int | None) -> bool:
         if self._store_script is not None:
             args = [raw, "" if ttl_ms is None else ttl_ms, *stamps]
             return bool(self._store_script(keys=[vkey, *skeys], args=args))
@@ -281,50 +334,39 @@ class RedisCache(BaseCache):
         self._client.set(vkey, raw, px=ttl_ms)
         return True
 
-    def _replace_stamps(self, skeys: list[str]) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        for skey in skeys:
-            pipe.set(skey, new_token(), px=int(self.stamp_ttl * 1000))
+    def replace_stamps(self, skeys: list[str]) -> bool:
         try:
-            pipe.execute()
+            self._pipeline(self._replace_commands(skeys))
         except redis.ResponseError as exc:
-            if not isinstance(exc, OutOfMemoryError) and "maxmemory" not in str(exc):
+            if not _refused_for_memory(exc):
                 raise
-            # A full server under noeviction refuses SET but not deletes, and a missing
-            # stamp invalidates as surely as a new one.
-            self._unlink(skeys)
+            return False
+        return True
 
-    def _delete(self, vkey: str) -> None:
-        self._client.unlink(vkey)
-
-    def _clear(self) -> None:
-        for prefix in (self.value_prefix, self.meta_prefix):
-            batch: list[Any] = []
-            for key in self._client.scan_iter(match=prefix.translate(_GLOB_SPECIALS) + "*",
-                                              count=1000):
-                batch.append(key)
-                if len(batch) >= 500:
-                    self._unlink(batch)
-                    batch = []
-            if batch:
-                self._unlink(batch)
-
-    def _unlink(self, keys: list[Any]) -> None:
+    def delete_keys(self, keys: list[str]) -> None:
+        if not keys:
+            return
         if self.is_cluster:
-            pipe = self._client.pipeline(transaction=False)
-            for key in keys:
-                pipe.unlink(key)
-            pipe.execute()
+            self._pipeline([_command("UNLINK", key) for key in keys])
         else:
             self._client.unlink(*keys)
 
-    def _acquire_lease(self, lkey: str, token: str, ttl_ms: int) -> bool:
+    def clear(self) -> None:
+        batch: list[Any] = []
+        for key in self.scan_keys():
+            batch.append(key)
+            if len(batch) >= 500:
+                self.delete_keys(batch)
+                batch = []
+        self.delete_keys(batch)
+
+    def acquire_lease(self, lkey: str, token: str, ttl_ms: int) -> bool:
         return bool(self._client.set(lkey, token, nx=True, px=ttl_ms))
 
-    def _release_lease(self, lkey: str, token: str) -> None:
+    def release_lease(self, lkey: str, token: str) -> None:
         self._release_script(keys=[lkey], args=[token])
 
-    def _wait_lease(self, lkey: str, timeout: float) -> None:
+    def wait_lease(self, lkey: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         try:
@@ -339,66 +381,116 @@ class RedisCache(BaseCache):
         finally:
             pubsub.close()
 
-    # -- async primitives ------------------------------------------------------------
+    def scan_keys(self) -> Iterator[str]:
+        prefixes = [self.value_prefix]
+        if not self.meta_prefix.startswith(self.value_prefix):
+            prefixes.append(self.meta_prefix)
+        for prefix in prefixes:
+            for key in self._client.scan_iter(match=prefix.translate(_GLOB_SPECIALS) + "*",
+                                              count=1000):
+                yield _text(key)
 
-    def _aclient(self) -> Any:
+    def describe_keys(self, keys: list[str], head: int = 0) -> list[KeyDescription | None]:
+        commands: list[Command] = []
+        for key in keys:
+            commands += [_command("MEMORY USAGE", key), _command("STRLEN", key),
+                         _command("PTTL", key)]
+            if head:
+                commands.append(_command("GETRANGE", key, 0, head - 1))
+        replies = iter(self._pipeline(commands, raise_on_error=False))
+        described: list[KeyDescription | None] = []
+        for _ in keys:
+            usage, length, ttl = next(replies), next(replies), next(replies)
+            start = next(replies) if head else None
+            if isinstance(length, Exception):
+                raise length
+            if not length or ttl == -2:  # expired or deleted since it was listed
+                described.append(None)
+                continue
+            described.append(KeyDescription(
+                size=int(length), ttl_ms=None if ttl < 0 else int(ttl),
+                head=start if isinstance(start, bytes) else None,
+                memory=usage if isinstance(usage, int) else None))
+        return described
+
+    def ping(self) -> None:
+        self._client.ping()
+
+    # -- the storage contract, async -----------------------------------------------
+
+    def _loop_client(self) -> _LoopClient | None:
+        """This event loop's client; ``None``: run the sync primitive in a thread
+        (Cluster and Sentinel, whose asyncio clients cannot be derived)."""
         loop = asyncio.get_running_loop()
-        if loop not in self._aclients:
-            self._aclients[loop] = (None if self.is_cluster
-                                    else _async_client(self._client, self._guard_restarts))
-        return self._aclients[loop]
+        if loop not in self._loop_clients:
+            client = None if self.is_cluster else _async_client(self._client,
+                                                                self._guard_restarts)
+            self._loop_clients[loop] = None if client is None else _LoopClient(client)
+        return self._loop_clients[loop]
 
-    async def _afetch(self, vkey: str, skeys: list[str]) -> tuple[Any, Stamps]:
-        client = self._aclient()
-        if client is None:
-            return await asyncio.to_thread(self._fetch, vkey, skeys)
-        values = await client.execute_command("MGET", vkey, *skeys)
-        return values[0], [_text(v) for v in values[1:]]
+    async def afetch(self, keys: list[str]) -> list[Any]:
+        loop_client = self._loop_client()
+        if loop_client is None:
+            return await asyncio.to_thread(self.fetch, keys)
+        return list(await loop_client.client.execute_command("MGET", *keys))
 
-    async def _aacquire_stamps(self, skeys: list[str]) -> list[str]:
-        client = self._aclient()
-        if client is None:
-            return await asyncio.to_thread(self._acquire_stamps, skeys)
-        tokens = [new_token() for _ in skeys]
-        async with client.pipeline(transaction=False) as pipe:
-            for skey, token in zip(skeys, tokens, strict=True):
-                pipe.set(skey, token, nx=True, px=int(self.stamp_ttl * 1000), get=True)
-            previous = await pipe.execute()
-        return _current_stamps(previous, tokens)
+    async def aacquire_stamps(self, skeys: list[str]) -> list[str]:
+        loop_client = self._loop_client()
+        if loop_client is None:
+            return await asyncio.to_thread(self.acquire_stamps, skeys)
+        tokens, commands = self._acquire_commands(skeys)
+        return _current_stamps(await self._apipeline(loop_client.client, commands), tokens)
 
-    async def _astore(self, vkey: str, raw: bytes, skeys: list[str], stamps: list[str],
-                      ttl_ms: int | None) -> bool:
-        client = self._aclient()
-        if client is None:
-            return await asyncio.to_thread(self._store, vkey, raw, skeys, stamps, ttl_ms)
+    async def astore_if_current(self, vkey: str, raw: bytes, skeys: list[str],
+                                stamps: list[str], ttl_ms: int | None) -> bool:
+        loop_client = self._loop_client()
+        if loop_client is None:
+            return await asyncio.to_thread(self.store_if_current, vkey, raw, skeys, stamps,
+                                           ttl_ms)
         args = [raw, "" if ttl_ms is None else ttl_ms, *stamps]
-        return bool(await client.eval(_STORE_IF_CURRENT, 1 + len(skeys), vkey, *skeys, *args))
+        return bool(await loop_client.store(keys=[vkey, *skeys], args=args))
 
-    async def _areplace_stamps(self, skeys: list[str]) -> None:
-        client = self._aclient()
-        if client is None:
-            return await asyncio.to_thread(self._replace_stamps, skeys)
-        async with client.pipeline(transaction=False) as pipe:
-            for skey in skeys:
-                pipe.set(skey, new_token(), px=int(self.stamp_ttl * 1000))
-            await pipe.execute()
+    async def areplace_stamps(self, skeys: list[str]) -> bool:
+        loop_client = self._loop_client()
+        if loop_client is None:
+            return await asyncio.to_thread(self.replace_stamps, skeys)
+        try:
+            await self._apipeline(loop_client.client, self._replace_commands(skeys))
+        except redis.ResponseError as exc:
+            if not _refused_for_memory(exc):
+                raise
+            return False
+        return True
 
-    async def _aacquire_lease(self, lkey: str, token: str, ttl_ms: int) -> bool:
-        client = self._aclient()
-        if client is None:
-            return await asyncio.to_thread(self._acquire_lease, lkey, token, ttl_ms)
-        return bool(await client.set(lkey, token, nx=True, px=ttl_ms))
+    async def adelete_keys(self, keys: list[str]) -> None:
+        loop_client = self._loop_client()
+        if loop_client is None or not keys:
+            await asyncio.to_thread(self.delete_keys, keys)
+            return
+        await loop_client.client.unlink(*keys)
 
-    async def _arelease_lease(self, lkey: str, token: str) -> None:
-        client = self._aclient()
-        if client is None:
-            return await asyncio.to_thread(self._release_lease, lkey, token)
-        await client.eval(_RELEASE_LEASE, 1, lkey, token)
+    async def aclear(self) -> None:
+        await asyncio.to_thread(self.clear)
 
-    async def _await_lease(self, lkey: str, timeout: float) -> None:
-        client = self._aclient()
-        if client is None:
-            return await asyncio.to_thread(self._wait_lease, lkey, timeout)
+    async def aacquire_lease(self, lkey: str, token: str, ttl_ms: int) -> bool:
+        loop_client = self._loop_client()
+        if loop_client is None:
+            return await asyncio.to_thread(self.acquire_lease, lkey, token, ttl_ms)
+        return bool(await loop_client.client.set(lkey, token, nx=True, px=ttl_ms))
+
+    async def arelease_lease(self, lkey: str, token: str) -> None:
+        loop_client = self._loop_client()
+        if loop_client is None:
+            await asyncio.to_thread(self.release_lease, lkey, token)
+            return
+        await loop_client.release(keys=[lkey], args=[token])
+
+    async def await_lease(self, lkey: str, timeout: float) -> None:
+        loop_client = self._loop_client()
+        if loop_client is None:
+            await asyncio.to_thread(self.wait_lease, lkey, timeout)
+            return
+        client = loop_client.client
         deadline = time.monotonic() + timeout
         async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
             await pubsub.subscribe(lkey)

@@ -14,14 +14,17 @@ import functools
 import threading
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import connections, transaction
 from django.db.backends.signals import connection_created
 
 from ..backends.base import BaseCache
-from ..config import get_default_backend
+from ..core.defaults import get_default_backend
 from .sqlwrites import ALL_TABLES, snapshot_isolation, written_tables
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
 
 DATABASE_NAMESPACES: dict[str, str] = {}
 """Database alias -> invalidation namespace; aliases that share data (a primary and its
@@ -95,10 +98,11 @@ class _SnapshotTransaction:
         return None
 
 
-_snapshot_sessions: weakref.WeakSet[Any] = weakref.WeakSet()
+_snapshot_sessions: weakref.WeakSet[BaseDatabaseWrapper] = weakref.WeakSet()
 
 
-def _registered(connection: Any) -> list[tuple[set[str], _InvalidateOnCommit]]:
+def _registered(connection: BaseDatabaseWrapper
+                ) -> list[tuple[set[str], _InvalidateOnCommit]]:
     """Our callbacks still pending on this connection, with their savepoint ids.
 
     Django lists ``on_commit`` callbacks only in ``connection.run_on_commit`` (entries
@@ -111,14 +115,14 @@ def _registered(connection: Any) -> list[tuple[set[str], _InvalidateOnCommit]]:
             if isinstance(entry[1], _InvalidateOnCommit)]
 
 
-def dirty_tables(connection: Any) -> set[str]:
+def dirty_tables(connection: BaseDatabaseWrapper) -> set[str]:
     """Tables written by this connection's open transaction (empty outside one)."""
     if not connection.in_atomic_block:
         return set()
     return set().union(*(callback.tables for _, callback in _registered(connection)))
 
 
-def record_write(connection: Any, tables: frozenset[str]) -> None:
+def record_write(connection: BaseDatabaseWrapper, tables: frozenset[str]) -> None:
     using = connection.alias
     if not connection.in_atomic_block:
         invalidate_tables(tables, using)
@@ -132,7 +136,7 @@ def record_write(connection: Any, tables: frozenset[str]) -> None:
     transaction.on_commit(_InvalidateOnCommit(tables, using), using=using)
 
 
-def record_isolation(connection: Any, scope: str) -> None:
+def record_isolation(connection: BaseDatabaseWrapper, scope: str) -> None:
     """Note raw SQL asking for snapshot reads (REPEATABLE READ or SERIALIZABLE)."""
     if scope == "session":
         _snapshot_sessions.add(connection)
@@ -140,7 +144,7 @@ def record_isolation(connection: Any, scope: str) -> None:
         transaction.on_commit(_SnapshotTransaction(), using=connection.alias)
 
 
-def can_store_inside_transaction(connection: Any) -> bool:
+def can_store_inside_transaction(connection: BaseDatabaseWrapper) -> bool:
     """Whether a miss read inside a transaction may be stored: only under READ
     COMMITTED, where the read saw committed data as of its own start."""
     if connection.vendor != "postgresql" or connection in _snapshot_sessions:
@@ -160,8 +164,9 @@ def _inspect(sql: str) -> tuple[frozenset[str], str | None]:
     return written_tables(sql), snapshot_isolation(sql)
 
 
-def _on_execute(execute: Callable[..., Any], sql: str, params: Any, many: bool,
-                context: dict[str, Any]) -> Any:
+# Django's execute_wrapper protocol: params and the result are the database adapter's.
+def _on_execute(execute: Callable[[str, Any, bool, dict[str, Any]], Any], sql: str,
+                params: Any, many: bool, context: dict[str, Any]) -> Any:
     try:
         return execute(sql, params, many, context)
     finally:
@@ -172,7 +177,7 @@ def _on_execute(execute: Callable[..., Any], sql: str, params: Any, many: bool,
             record_isolation(context["connection"], isolation)
 
 
-def install(connection: Any, **kwargs: Any) -> None:
+def install(connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
     """Add the write hook to ``connection`` (idempotent)."""
     if _on_execute not in connection.execute_wrappers:
         connection.execute_wrappers.append(_on_execute)

@@ -21,7 +21,7 @@ import io
 import pickle
 import threading
 from collections.abc import Callable, Hashable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from django.core.signals import setting_changed
 from django.db.models import Field, QuerySet
@@ -29,10 +29,13 @@ from django.db.models.signals import class_prepared, post_migrate
 from django.utils import timezone, translation
 from django.utils.functional import LazyObject, Promise
 
+if TYPE_CHECKING:
+    from django.db.models.sql.query import Query
+
 T = TypeVar("T")
 
 MAX_ENTRIES = 2048
-_entries: dict[Hashable, Any] = {}
+_entries: dict[Hashable, object] = {}
 _lock = threading.Lock()
 
 
@@ -59,7 +62,7 @@ class _StatePickler(pickle.Pickler):
         return NotImplemented
 
 
-def pickled(value: Any) -> bytes | None:
+def pickled(value: object) -> bytes | None:
     """``value`` as bytes, ``None`` if some part of it cannot or must not be pickled."""
     buffer = io.BytesIO()
     try:
@@ -69,7 +72,7 @@ def pickled(value: Any) -> bytes | None:
     return buffer.getvalue()
 
 
-def fingerprint(query: Any, *context: Hashable) -> Hashable | None:
+def fingerprint(query: Query, *context: Hashable) -> Hashable | None:
     """What determines the SQL ``query`` compiles to, with ``context`` (the compiler,
     connection, result shape...), or ``None`` when it cannot be captured."""
     state = query.__dict__.copy()
@@ -77,7 +80,9 @@ def fingerprint(query: Any, *context: Hashable) -> Hashable | None:
     data = pickled(state)
     if data is None:
         return None
-    return (type(query), timezone.get_current_timezone(), translation.get_language(), *context,
+    # Annotated ``type``: mypy does not see ``type[Query]`` as Hashable (mypy#17730).
+    query_class: type = type(query)
+    return (query_class, timezone.get_current_timezone(), translation.get_language(), *context,
             data)
 
 
@@ -88,7 +93,9 @@ def remembered(key: Hashable | None, make: Callable[[], T]) -> T:
         return make()
     found = _entries.get(key)
     if found is not None:
-        return found
+        # What make() returned for this key: every caller's key names what it makes
+        # (its compiler class, or "aggregate"), so the types of equal keys agree.
+        return cast(T, found)
     value = make()
     with _lock:
         if len(_entries) >= MAX_ENTRIES:
@@ -102,6 +109,8 @@ def forget(**kwargs: Any) -> None:
         _entries.clear()
 
 
-setting_changed.connect(forget, dispatch_uid="relaycache.orm.memo.settings")
-class_prepared.connect(forget, dispatch_uid="relaycache.orm.memo.models")
-post_migrate.connect(forget, dispatch_uid="relaycache.orm.memo.migrate")
+def install() -> None:
+    """Forget remembered compiles whenever they may go stale (the app's ``ready()``)."""
+    setting_changed.connect(forget, dispatch_uid="relaycache.orm.memo.settings")
+    class_prepared.connect(forget, dispatch_uid="relaycache.orm.memo.models")
+    post_migrate.connect(forget, dispatch_uid="relaycache.orm.memo.migrate")

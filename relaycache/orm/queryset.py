@@ -6,60 +6,66 @@ import contextvars
 import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
 
 from django.core.exceptions import EmptyResultSet, FieldError
 from django.db import NotSupportedError, connections, models
-from django.db.models import Count, Prefetch, prefetch_related_objects
+from django.db.models import Count, Model, Prefetch, prefetch_related_objects
 from django.db.models.sql.constants import MULTI
 from django.db.models.sql.query import Query
 
 from ..backends.base import BaseCache
-from ..keys import check_tags, check_ttl
+from ..core.keys import check_tags, check_ttl
 from . import memo
-from .compiler import (
-    DISABLED,
-    Analysis,
-    CacheOptions,
-    CachingCompilerMixin,
-    active_options,
-    analyse,
-    computing,
-    note_uncacheable,
-    param_data,
-    plan_for,
-    plan_read,
-)
-from .invalidation import install_everywhere, register_backend
+from .compiler import CachingCompilerMixin
+from .invalidation import register_backend
+from .options import DISABLED, CacheOptions, active_options, computing
+from .plan import Analysis, analyse, note_uncacheable, param_data, plan_for, plan_read
 from .tables import Uncacheable
 
-Q = TypeVar("Q", bound="CachedQuerySetMixin")
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.db.models.sql.compiler import SQLCompiler
+
+    # The mixins are only ever combined with these classes: type them as such, so
+    # super() calls and Django's attributes are checked.
+    _QueryBase = Query
+    _QuerySetBase = models.QuerySet[Any, Any]
+else:
+    _QueryBase = _QuerySetBase = object
+
+T = TypeVar("T")
+_M = TypeVar("_M", bound=Model, covariant=True)
 
 _prefetch_options: contextvars.ContextVar[CacheOptions | None] = contextvars.ContextVar(
     "relaycache_prefetch_options", default=None)
 
 _DEFAULT_OPTIONS = CacheOptions()
-_compiler_classes: dict[type, type] = {}
-_query_classes: dict[type, type] = {}
+_compiler_classes: dict[type[SQLCompiler], type[CachingCompilerMixin]] = {}
+_query_classes: dict[type[Query], type[CachedQueryMixin]] = {}
 
 
-def _caching_compiler(base: type) -> type:
+def _caching_compiler(base: type[SQLCompiler]) -> type[CachingCompilerMixin]:
     cls = _compiler_classes.get(base)
     if cls is None:
-        cls = _compiler_classes[base] = type(base.__name__, (CachingCompilerMixin, base), {})
+        # type() makes a subclass of both, which mypy cannot infer from its arguments.
+        cls = _compiler_classes[base] = cast(
+            "type[CachingCompilerMixin]",
+            type(base.__name__, (CachingCompilerMixin, base), {}))
     return cls
 
 
-class CachedQueryMixin:
+class CachedQueryMixin(_QueryBase):
     """Mixed into a queryset's ``Query`` once ``.cached()`` is called; clones keep it."""
 
     relaycache_options: CacheOptions | None = None
-    compiler: str
 
-    def get_compiler(self, using: str | None = None, connection: Any = None,
-                     elide_empty: bool = True) -> Any:
+    def get_compiler(self, using: str | None = None,
+                     connection: BaseDatabaseWrapper | None = None,
+                     elide_empty: bool = True) -> SQLCompiler:
         if active_options(self) is None or self.compiler != "SQLCompiler":
-            return super().get_compiler(using, connection, elide_empty)  # type: ignore[misc]
+            parent: SQLCompiler = super().get_compiler(using, connection, elide_empty)
+            return parent  # (django-stubs returns Any here)
         if using:
             connection = connections[using]
         if connection is None:
@@ -68,10 +74,13 @@ class CachedQueryMixin:
         return compiler(self, connection, using, elide_empty)
 
 
-def _cached_query_class(base: type) -> type:
+def _cached_query_class(base: type[Query]) -> type[CachedQueryMixin]:
     cls = _query_classes.get(base)
     if cls is None:
-        cls = _query_classes[base] = type(f"Cached{base.__name__}", (CachedQueryMixin, base), {})
+        # type() makes a subclass of both, which mypy cannot infer from its arguments.
+        cls = _query_classes[base] = cast(
+            "type[CachedQueryMixin]",
+            type(f"Cached{base.__name__}", (CachedQueryMixin, base), {}))
     return cls
 
 
@@ -86,18 +95,19 @@ class CacheInfo:
     store: bool = False
 
 
-class CachedQuerySetMixin:
+class CachedQuerySetMixin(_QuerySetBase):
     """Adds ``cached()``/``nocache()`` to a ``QuerySet`` subclass."""
 
-    query: Query
-    db: str
-    _result_cache: Any
-    _prefetch_related_lookups: tuple[Any, ...]
-    _prefetch_done: bool
+    if TYPE_CHECKING:
+        # Private QuerySet API this mixin uses, which django-stubs does not declare.
+        _prefetch_related_lookups: tuple[str | Prefetch[Any, Any, Any], ...]
+        _prefetch_done: bool
 
-    def cached(self: Q, ttl: float | None = None, tags: Iterable[str] | None = None,
+        def _chain(self) -> Self: ...
+
+    def cached(self, ttl: float | None = None, tags: Iterable[str] | None = None,
                key: str | None = None, backend: BaseCache | None = None,
-               singleflight: bool = False) -> Q:
+               singleflight: bool = False) -> Self:
         """A copy of this queryset whose evaluations go through the cache.
 
         :param ttl: seconds (``None``: the backend's ``default_ttl``).
@@ -121,17 +131,19 @@ class CachedQuerySetMixin:
                                backend=backend, singleflight=bool(singleflight))
         return self._with_cache_options(options)
 
-    def nocache(self: Q) -> Q:
+    def nocache(self) -> Self:
         """A copy of this queryset that always reads the database, also when it is a
         ``Prefetch`` queryset under a cached one."""
         return self._with_cache_options(DISABLED)
 
-    def _with_cache_options(self: Q, options: CacheOptions) -> Q:
-        clone = self._chain()  # type: ignore[attr-defined]
+    def _with_cache_options(self, options: CacheOptions) -> Self:
+        clone = self._chain()
         query = clone.query
         if options.enabled and not isinstance(query, CachedQueryMixin):
             query.__class__ = _cached_query_class(type(query))
-        query.relaycache_options = options
+        # Also on a plain Query (nocache() marks one without the mixin): an instance
+        # attribute either way, which mypy only knows on CachedQueryMixin.
+        vars(query)["relaycache_options"] = options
         return clone
 
     @property
@@ -144,7 +156,7 @@ class CachedQuerySetMixin:
         options = self.cache_options
         if options is None:
             return CacheInfo(cached=False, reason="not marked with .cached()")
-        compiler = self.query.chain().get_compiler(self.db)
+        compiler: SQLCompiler = self.query.chain().get_compiler(self.db)
         try:
             sql, params = compiler.as_sql()
         except EmptyResultSet:
@@ -161,13 +173,13 @@ class CachedQuerySetMixin:
     def count(self) -> int:
         options = self.cache_options
         if options is None or self._result_cache is not None or computing.get():
-            return super().count()  # type: ignore[misc]
+            return super().count()
         return self._cached_aggregate("count", {"relaycache_count": Count("*")},
-                                      super().count, options)  # type: ignore[misc]
+                                      super().count, options)
 
     def aggregate(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         options = self.cache_options
-        parent = super().aggregate  # type: ignore[misc]
+        parent = super().aggregate
         if options is None or computing.get():
             return parent(*args, **kwargs)
         try:
@@ -177,8 +189,8 @@ class CachedQuerySetMixin:
         return self._cached_aggregate("aggregate", named, lambda: parent(*args, **kwargs),
                                       options)
 
-    def _cached_aggregate(self, kind: str, named: dict[str, Any], compute: Callable[[], Any],
-                          options: CacheOptions) -> Any:
+    def _cached_aggregate(self, kind: str, named: dict[str, Any], compute: Callable[[], T],
+                          options: CacheOptions) -> T:
         named_state = memo.pickled(named)
         state = None if named_state is None else memo.fingerprint(
             self.query, "aggregate", self.db, kind, bool(options.tags), named_state)
@@ -192,7 +204,7 @@ class CachedQuerySetMixin:
             note_uncacheable(options, reason, "")
             return compute()
 
-        def run() -> Any:
+        def run() -> T:
             token = computing.set(True)
             try:
                 return compute()
@@ -213,15 +225,15 @@ class CachedQuerySetMixin:
         queryset annotated with it, which has the aggregation's joins and tables.
         Raises ``EmptyResultSet`` (nothing to run) or :class:`Uncacheable`.
         """
-        compiler = self.query.chain().get_compiler(self.db)
+        compiler: SQLCompiler = self.query.chain().get_compiler(self.db)
         try:
             sql, params = compiler.as_sql()
-            shape = [kind, *_aggregates_sql(compiler, named)]
+            shape: list[object] = [kind, *_aggregates_sql(compiler, named)]
         except (TypeError, ValueError) as exc:  # Django reports bad aggregates itself
             raise Uncacheable(f"{kind}() of this query: {exc}") from None
         except FieldError:  # the aggregates need joins: key by the annotated query
             try:
-                probe = self.annotate(**named)  # type: ignore[attr-defined]
+                probe = self.annotate(**named)
             except (NotSupportedError, FieldError, TypeError, ValueError):
                 raise Uncacheable(f"{kind}() of this query") from None
             compiler = probe.query.get_compiler(self.db)
@@ -235,23 +247,25 @@ class CachedQuerySetMixin:
         # models get the same options, so prefetches are cached like the main query.
         options = self.cache_options
         if options is None:
+            # Private QuerySet API, not declared by django-stubs.
             super()._prefetch_related_objects()  # type: ignore[misc]
             return
         lookups = [_cached_prefetch(lookup, options) for lookup in self._prefetch_related_lookups]
         token = _prefetch_options.set(options)
         try:
-            prefetch_related_objects(self._result_cache, *lookups)
+            # (``None`` only before evaluation; no instances is a no-op for Django too.)
+            prefetch_related_objects(self._result_cache or [], *lookups)
         finally:
             _prefetch_options.reset(token)
         self._prefetch_done = True
 
 
-def _aggregates_sql(compiler: Any, named: dict[str, Any]) -> list[Any]:
+def _aggregates_sql(compiler: SQLCompiler, named: dict[str, Any]) -> list[list[object]]:
     """Each aggregate's own SQL and parameters, so the key never rests on ``repr()`` of
     values. Raises ``FieldError`` if an aggregate adds a join (it reads other tables)."""
     query = compiler.query
     aliases = set(query.alias_map)
-    parts = []
+    parts: list[list[object]] = []
     for alias in sorted(named):
         resolved = named[alias].resolve_expression(query, allow_joins=True, reuse=None,
                                                    summarize=True)
@@ -262,7 +276,8 @@ def _aggregates_sql(compiler: Any, named: dict[str, Any]) -> list[Any]:
     return parts
 
 
-def _cached_prefetch(lookup: Any, options: CacheOptions) -> Any:
+def _cached_prefetch(lookup: str | Prefetch[Any, Any, Any], options: CacheOptions
+                     ) -> str | Prefetch[Any, Any, Any]:
     if not isinstance(lookup, Prefetch):
         return lookup
     queryset = lookup.queryset
@@ -274,11 +289,14 @@ def _cached_prefetch(lookup: Any, options: CacheOptions) -> Any:
     return lookup
 
 
-class CachedQuerySet(CachedQuerySetMixin, models.QuerySet):
+class CachedQuerySet(CachedQuerySetMixin, models.QuerySet[_M]):
     """A ``QuerySet`` with ``cached()``; subclass it for custom querysets."""
 
 
-class CachedManager(models.Manager.from_queryset(CachedQuerySet)):  # type: ignore[misc]
+_CachedManagerBase = models.Manager.from_queryset(CachedQuerySet)
+
+
+class CachedManager(_CachedManagerBase[_M]):
     """``objects = CachedManager()``: ``Model.objects.cached()`` caches; plain
     ``Model.objects`` querysets behave exactly like Django's.
 
@@ -286,12 +304,9 @@ class CachedManager(models.Manager.from_queryset(CachedQuerySet)):  # type: igno
     ``MyQuerySet`` subclasses :class:`CachedQuerySet`.
     """
 
-    def get_queryset(self) -> Any:
+    def get_queryset(self) -> models.QuerySet[_M]:
         queryset = super().get_queryset()
         options = _prefetch_options.get()
         if options is not None and isinstance(queryset, CachedQuerySetMixin):
             queryset = queryset._with_cache_options(options)
         return queryset
-
-
-install_everywhere()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..codec import SCALAR_TYPES, from_json, to_json
+from ..core.codec import SCALAR_TYPES, from_json, to_json
 
 ROWS_FORMAT = 1
 """Part of every ORM entry's key: a new format never reads entries of an old one."""

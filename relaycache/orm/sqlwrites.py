@@ -53,7 +53,7 @@ _SESSION_LEVEL = re.compile(r"SESSION\s+CHARACTERISTICS|SET\s+SESSION\s+TRANSACT
 def _unquote(qualified: str) -> str:
     """The table's name, lower-cased: tags compare case-insensitively, which can only
     merge two tables' invalidations, never lose one."""
-    last = re.findall(_IDENT, qualified)[-1]
+    last: str = re.findall(_IDENT, qualified)[-1]  # _IDENT has no groups: whole matches
     if last[0] in '"`[':
         last = last[1:-1].replace('""', '"')
     return last.lower()

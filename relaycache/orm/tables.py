@@ -8,8 +8,6 @@ FROM clause and every expression: filters, annotations, ordering, ``Subquery`` a
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.db.models import Func
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Now, Random
@@ -70,7 +68,7 @@ def _walk_query(query: Query, tables: set[str], allow_raw: bool) -> None:
         _walk_query(combined, tables, allow_raw)
 
 
-def _walk(node: Any, tables: set[str], allow_raw: bool) -> None:
+def _walk(node: object, tables: set[str], allow_raw: bool) -> None:
     if node is None or isinstance(node, (str, int, float, bool)):
         return
     if isinstance(node, Query):

@@ -1,9 +1,9 @@
 """Fixtures of the Django integration tests (command, checks, signals, views, plugin).
 
 ``default_backend`` runs a test once per backend of ``tests/conftest.py``'s ``backend``
-fixture (InMemoryCache, RedisCache on a bytes client, RedisCache on a decoding client;
-fakeredis unless ``RELAYCACHE_TEST_REDIS_URL`` names a real server) and makes it the
-default backend for the test.
+fixture (InMemoryCache, RedisCache on a bytes client, RedisCache on a decoding client,
+fakeredis unless ``RELAYCACHE_TEST_REDIS_URL`` names a real server; and the dict backend
+of docs/backends.md) and makes it the default backend for the test.
 """
 
 from __future__ import annotations
@@ -47,5 +47,5 @@ def unreachable_backend():
     client = redis.Redis(host="127.0.0.1", port=free_port())
     backend = RedisCache(client, default_ttl=60, socket_timeout=0.2)
     yield backend
-    backend._pending.forget(*backend._pending.snapshot())  # ends its retry thread
+    backend.undelivered.forget(*backend.undelivered.snapshot())  # ends its retry thread
     client.close()

@@ -1,7 +1,7 @@
 # ruff: noqa  (kept byte for byte as the guide prints it)
 """The integration guide's ``cache_view`` helper (utils/cache_utils.py), verbatim but for
 ``custom_cache`` read as ``relaycache``: it caches the ``HttpResponse`` a view returns
-through ``@cache``, which works because ``relaycache.views`` registers the type."""
+through ``@cache``, which works because ``relaycache.http`` registers the type."""
 
 # utils/cache_utils.py
 from functools import wraps

@@ -1,4 +1,4 @@
-"""``relaycache.views.cached_view`` through Django's test client, on every backend."""
+"""``relaycache.http.cached_view`` through Django's test client, on every backend."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from django.test import AsyncClient, RequestFactory
 from django.utils import timezone, translation
 
 from relaycache import RedisCache, invalidate
+from relaycache.http import cached_view
 from relaycache.testing import use_backend
-from relaycache.views import cached_view
 from tests.django import views
 from tests.django.views import CALLS
 from tests.ormapp.models import Book

@@ -1,7 +1,7 @@
 """The integration guide's own ``cache_view`` helper, verbatim, on every backend.
 
 It caches the ``HttpResponse`` a view returns with ``@cache(backend=settings.CACHE_BACKEND)``;
-that works because ``relaycache.views`` (imported by the app) registers ``HttpResponse``
+that works because ``relaycache.http`` (imported by the app) registers ``HttpResponse``
 with the codec. Also the codec round trip of responses itself.
 """
 
@@ -18,7 +18,7 @@ from django.http import (
 )
 
 from relaycache import invalidate
-from relaycache.codec import decode, encode
+from relaycache.core.codec import decode, encode
 from tests.django.guide_cache_utils import cache_view
 from tests.django.views import CALLS
 

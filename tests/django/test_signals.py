@@ -8,7 +8,8 @@ import logging
 
 import pytest
 
-from relaycache import InMemoryCache, events
+from relaycache import InMemoryCache
+from relaycache.core import events
 from relaycache.signals import (
     cache_hit,
     cache_invalidated,
@@ -57,7 +58,7 @@ def test_hit_miss_invalidated(default_backend, received):
 
 
 def test_corrupt_miss(default_backend, received):
-    default_backend._store(default_backend.value_key("bad"), b"{oops", [], [], None)
+    default_backend.store_if_current(default_backend.value_key("bad"), b"{oops", [], [], None)
     assert default_backend.get("bad") is None
     assert received == [("miss", default_backend,
                          {"key": default_backend.value_key("bad"), "reason": "corrupt"})]

@@ -18,8 +18,8 @@ from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.cache import cache_control
 
+from relaycache.http import cached_view
 from relaycache.orm.invalidation import table_tag
-from relaycache.views import cached_view
 from tests.django.guide_cache_utils import cache_view
 from tests.ormapp.models import Book
 

@@ -15,8 +15,8 @@ import pytest
 
 pytest.register_assert_rewrite("tests.orm.support")  # readable failures in the helpers
 
-import relaycache.config  # noqa: E402
-from relaycache import InMemoryCache, set_default_backend  # noqa: E402
+from relaycache import InMemoryCache  # noqa: E402
+from relaycache.core.defaults import use_backend  # noqa: E402
 from tests.conftest import _make_client, _redis_cache  # noqa: E402
 from tests.orm.support import (  # noqa: E402
     ON_POSTGRESQL,
@@ -31,18 +31,16 @@ collect_ignore = ["test_sqlite_only.py"] if ON_POSTGRESQL else ["test_postgresql
 @pytest.fixture(params=["memory", "redis"])
 def orm_cache(request):
     """The default backend for the test: an InMemoryCache, then a RedisCache."""
-    previous = relaycache.config._default
     client = None
     if request.param == "memory":
         backend = InMemoryCache(default_ttl=60)
     else:
         client = _make_client(False)
         backend = _redis_cache(client)
-    set_default_backend(backend)
     try:
-        yield backend
+        with use_backend(backend):
+            yield backend
     finally:
-        set_default_backend(previous)
         if client is not None:
             backend.clear()
             client.close()

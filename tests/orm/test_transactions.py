@@ -206,7 +206,7 @@ def test_no_stale_set_when_a_write_commits_during_a_miss(scenario, shop, orm_cac
     """A reader misses and reads the database; before it stores, another connection
     commits a write (and invalidates). The reader's old rows must not be served."""
     labels = read(lambda: Label.objects.order_by("id").values_list("name", flat=True))
-    store = orm_cache._store
+    store = orm_cache.store_if_current
     writes = []
 
     def store_after_a_concurrent_write(*args):
@@ -214,10 +214,10 @@ def test_no_stale_set_when_a_write_commits_during_a_miss(scenario, shop, orm_cac
             writes.append(in_thread(lambda: Label.objects.create(name="concurrent")))
         return store(*args)
 
-    monkeypatch.setattr(orm_cache, "_store", store_after_a_concurrent_write)
+    monkeypatch.setattr(orm_cache, "store_if_current", store_after_a_concurrent_write)
     rejected = orm_cache.stats.stores_rejected
     old = scenario.cached(labels)
     assert writes and "concurrent" not in old  # read before the write committed
     assert orm_cache.stats.stores_rejected == rejected + 1
-    monkeypatch.setattr(orm_cache, "_store", store)
+    monkeypatch.setattr(orm_cache, "store_if_current", store)
     assert scenario.fresh(labels)[-1] == "concurrent"

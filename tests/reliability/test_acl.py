@@ -11,7 +11,6 @@ is needed: without it something is denied.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from pathlib import Path
 
@@ -20,8 +19,8 @@ import redis
 from redis.cluster import RedisCluster
 
 from relaycache import CircuitBreaker, RedisCache, cache, invalidate
-from tests.reliability.support import wait_until
 from tests.servers import HOST, command_stats
+from tests.support import run_concurrently, wait_until
 
 pytest_plugins = ("tests.servers",)
 pytestmark = pytest.mark.real_redis
@@ -66,7 +65,7 @@ def _workflow(make_client) -> dict:
                            meta_prefix=META, lease_ttl=0.5,
                            breaker=CircuitBreaker(threshold=3, cooldown=0.2))
                 for _ in range(2)]
-    truth, computed, raised = {"v": 1}, [], []
+    truth, computed = {"v": 1}, []
 
     def compute(n):
         computed.append(n)
@@ -75,19 +74,10 @@ def _workflow(make_client) -> dict:
 
     fns = [cache(backend=b, tags=lambda n: [f"book:{n}", "books"], key=lambda n: f"book:{n}",
                  distributed_singleflight=True)(compute) for b in backends]
-    results = []
-
-    def call(fn):
-        try:
-            results.append(fn(1))
-        except Exception as exc:
-            raised.append(exc)
-
-    threads = [threading.Thread(target=call, args=(fn,)) for fn in fns]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(15)
+    both = run_concurrently(lambda i: fns[i](1), len(fns), timeout=15,
+                            return_exceptions=True)
+    raised = [got for got in both if isinstance(got, BaseException)]
+    results = [got for got in both if not isinstance(got, BaseException)]
     out: dict = {"singleflight_computed": len(computed)}
     out["hits"] = [fns[0](1), fns[1](1)]
     truth["v"] = 2

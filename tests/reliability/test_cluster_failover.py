@@ -8,6 +8,7 @@ later read, hits resume; ``stats.errors`` may rise while the topology changes.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -16,8 +17,9 @@ import pytest
 from redis.cluster import RedisCluster
 
 from relaycache import CircuitBreaker, RedisCache, cache, invalidate
-from tests.reliability.support import prefix, wait_until
+from tests.reliability.support import prefix
 from tests.servers import HOST
+from tests.support import concurrently, wait_until
 
 pytest_plugins = ("tests.servers",)
 pytestmark = [pytest.mark.real_redis, pytest.mark.cluster]
@@ -85,25 +87,19 @@ class Shop:
         return stale
 
 
-def _run_load(shop: Shop, stop: threading.Event, errors: list[BaseException]) -> list:
-    books = len(shop.version)
+def _load(shop: Shop) -> contextlib.AbstractContextManager[list]:
+    """Two readers and a writer calling the shop while a ``with`` block runs; an
+    exception that reaches one of them fails the test."""
+    books, stop = len(shop.version), threading.Event()
 
-    def repeat(action, seed: int, pause: float) -> None:
-        rng = random.Random(seed)
+    def repeat(i: int) -> None:
+        action, pause = (shop.read, 0.001) if i < 2 else (shop.write, 0.01)
+        rng = random.Random(i if i < 2 else 99)
         while not stop.is_set():
-            try:
-                action(rng.randrange(books))
-            except BaseException as exc:
-                errors.append(exc)
-                return
+            action(rng.randrange(books))
             time.sleep(pause)
 
-    threads = [threading.Thread(target=repeat, args=(shop.read, s, 0.001), daemon=True)
-               for s in range(2)]
-    threads.append(threading.Thread(target=repeat, args=(shop.write, 99, 0.01), daemon=True))
-    for thread in threads:
-        thread.start()
-    return threads
+    return concurrently(repeat, 3, stop=stop)
 
 
 @pytest.mark.parametrize("node", ["stamps", "entries"])
@@ -124,9 +120,7 @@ def test_cluster_failover_keeps_reads_fresh(redis_cluster_with_replicas, node):
         shop.read(n)
     assert shop.computed == 20 and backend.stats.hits == 20 and backend.stats.errors == 0
 
-    stop, errors = threading.Event(), []
-    threads = _run_load(shop, stop, errors)
-    try:
+    with _load(shop):
         time.sleep(0.3)
         began = time.monotonic()
         with cluster.server(replica).client() as promoted:
@@ -140,12 +134,6 @@ def test_cluster_failover_keeps_reads_fresh(redis_cluster_with_replicas, node):
         cluster.wait_replicas_synced(15)
         settled = time.monotonic() - began
         time.sleep(0.5)  # load keeps running on the new topology
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(10)
-    assert not any(t.is_alive() for t in threads)
-    assert errors == [], f"exceptions reached the caller: {errors[:3]}"
     reads_during = len(shop.reads)
 
     # After the failover: invalidations are honoured, misses store, hits serve.

@@ -19,6 +19,7 @@ from relaycache.testing import use_backend
 from tests.ormapp.models import Book
 from tests.reliability.support import prefix
 from tests.servers import HOST
+from tests.support import run_concurrently
 
 pytest_plugins = ("tests.servers",)
 pytestmark = [pytest.mark.real_redis, pytest.mark.django_db(transaction=True)]
@@ -108,7 +109,6 @@ def test_concurrent_callers_of_a_failing_function_each_get_the_error(backend):
     """In-process singleflight: the leader fails; the waiters compute themselves (and
     fail the same way) instead of waiting for a result that never comes."""
     calls = []
-    barrier = threading.Barrier(4)
 
     @cache(backend=backend, tags=["books"], key=lambda: "shared")
     def slow_failure():
@@ -116,24 +116,9 @@ def test_concurrent_callers_of_a_failing_function_each_get_the_error(backend):
         time.sleep(0.2)
         raise DatabaseError("deadlock detected")
 
-    outcomes: list[BaseException | object] = []
-
-    def call():
-        barrier.wait(5)
-        try:
-            outcomes.append(slow_failure())
-        except BaseException as exc:
-            outcomes.append(exc)
-
-    threads = [threading.Thread(target=call, daemon=True) for _ in range(4)]
     began = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
+    outcomes = run_concurrently(lambda _: slow_failure(), 4, return_exceptions=True)
     elapsed = time.monotonic() - began
-    assert not any(t.is_alive() for t in threads)
-    assert len(outcomes) == 4
     assert all(type(o) is DatabaseError and str(o) == "deadlock detected" for o in outcomes), (
         outcomes)
     assert elapsed < 3, f"waiters were held {elapsed:.1f} s"

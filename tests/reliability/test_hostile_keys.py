@@ -10,7 +10,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from relaycache import RedisCache, cache, invalidate
-from relaycache.keys import MAX_KEY_LENGTH, MAX_TAG_LENGTH
+from relaycache.core.keys import MAX_KEY_LENGTH, MAX_TAG_LENGTH
 from tests.servers import HOST
 
 pytest_plugins = ("tests.servers",)

@@ -11,8 +11,9 @@ import pytest
 import redis
 
 from relaycache import RedisCache
-from tests.reliability.support import prefix, wait_until
+from tests.reliability.support import prefix
 from tests.servers import HOST
+from tests.support import wait_until
 
 pytestmark = pytest.mark.real_redis
 pytest_plugins = ("tests.servers",)

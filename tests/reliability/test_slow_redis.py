@@ -5,15 +5,15 @@ opens under a black hole and closes again once the path heals."""
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 
 import pytest
 import redis
 
 from relaycache import CircuitBreaker, RedisCache, cache
-from tests.reliability.support import prefix, wait_until
+from tests.reliability.support import prefix
 from tests.servers import HOST
+from tests.support import run_concurrently, wait_until
 
 pytest_plugins = ("tests.servers",)
 pytestmark = pytest.mark.real_redis
@@ -40,25 +40,6 @@ def _timed(fn, *args):
     began = time.monotonic()
     result = fn(*args)
     return result, time.monotonic() - began
-
-
-def _in_thread(fn, timeout: float):
-    """Run ``fn`` in a thread so that a hang fails the test instead of hanging it."""
-    box: dict[str, object] = {}
-
-    def run():
-        try:
-            box["result"] = fn()
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    assert not thread.is_alive(), f"still running after {timeout} s"
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["result"]
 
 
 def test_latency_added_by_a_slow_redis_is_bounded_by_the_timeout(proxied):
@@ -90,7 +71,7 @@ def test_latency_added_by_a_slow_redis_is_bounded_by_the_timeout(proxied):
     def calls():
         return [_timed(square, n) for n in range(20)]
 
-    over = _in_thread(calls, 30)
+    [over] = run_concurrently(lambda _: calls(), 1, timeout=30)  # a hang fails the test
     proxy.heal()
     assert [r for r, _ in over] == [n * n for n in range(20)]
     timings = [t for _, t in over]
@@ -146,7 +127,7 @@ def test_breaker_opens_under_a_black_hole_and_closes_after_healing(proxied):
             timings.append(took)
 
     began = time.monotonic()
-    _in_thread(calls, 30)
+    run_concurrently(lambda _: calls(), 1, timeout=30)
     blackholed_for = time.monotonic() - began
     assert backend.breaker.is_open, "the breaker did not open under a black hole"
     assert opened_after is not None and opened_after <= 3, opened_after

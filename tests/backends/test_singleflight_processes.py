@@ -21,6 +21,7 @@ import redis
 
 from relaycache import RedisCache, cache
 from tests.servers import command_stats, reset_stats
+from tests.support import concurrently, wait_until
 
 pytest_plugins = ("tests.servers",)
 pytestmark = pytest.mark.real_redis
@@ -62,58 +63,73 @@ def _worker(url: str, prefix: str, counter: str, lease_ttl: float, sleep: float,
         results.put(("error", os.getpid(), repr(exc)))
 
 
-def _collect(results: Any, kind: str, count: int, timeout: float) -> dict[int, Any]:
-    """``count`` messages of ``kind`` (by pid) within ``timeout`` seconds."""
-    got: dict[int, Any] = {}
-    deadline = time.monotonic() + timeout
-    while len(got) < count:
-        try:
-            what, pid, payload = results.get(timeout=max(0.01, deadline - time.monotonic()))
-        except queue.Empty:
-            raise AssertionError(f"only {len(got)}/{count} {kind!r} reports within "
-                                 f"{timeout}s: {got}") from None
-        assert what != "error", f"worker {pid} failed: {payload}"
-        assert what == kind, (what, pid, payload)
-        got[pid] = payload
-    return got
+class _Workers:
+    """Spawned :func:`_worker` processes on one redis-server, sharing a prefix, a run
+    counter and a queue of reports."""
 
+    def __init__(self, redis_server: Any) -> None:
+        self.ctx = multiprocessing.get_context("spawn")
+        self.url = redis_server.url
+        self.prefix = f"sf{uuid.uuid4().hex[:8]}:"
+        self.counter = self.prefix + "runs"
+        self.results = self.ctx.Queue()
+        self.processes: list[Any] = []
 
-def _stop(processes: list[Any]) -> None:
-    for process in processes:
-        process.join(10)
-        if process.is_alive():
-            process.kill()
-            process.join(5)
+    def spawn(self, count: int, lease_ttl: float, sleep: float, go: Any,
+              started: Any = None) -> list[Any]:
+        made = [self.ctx.Process(target=_worker, args=(
+            self.url, self.prefix, self.counter, lease_ttl, sleep, go, self.results, started),
+            daemon=True) for _ in range(count)]
+        self.processes += made
+        for process in made:
+            process.start()
+        return made
+
+    def collect(self, kind: str, count: int, timeout: float) -> dict[int, Any]:
+        """``count`` reports of ``kind`` (by pid) within ``timeout`` seconds."""
+        got: dict[int, Any] = {}
+        deadline = time.monotonic() + timeout
+        while len(got) < count:
+            try:
+                what, pid, payload = self.results.get(
+                    timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"only {len(got)}/{count} {kind!r} reports within "
+                                     f"{timeout}s: {got}") from None
+            assert what != "error", f"worker {pid} failed: {payload}"
+            assert what == kind, (what, pid, payload)
+            got[pid] = payload
+        return got
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
 
 
 def test_a_stampede_of_8_processes_computes_once(redis_server):
-    ctx = multiprocessing.get_context("spawn")
-    prefix = f"sf{uuid.uuid4().hex[:8]}:"
-    counter = prefix + "runs"
+    workers = _Workers(redis_server)
     processes_count = 8
-    results = ctx.Queue()
-    barrier = ctx.Barrier(processes_count + 1)  # the workers and this process
-    processes = [ctx.Process(target=_worker, args=(redis_server.url, prefix, counter, 30.0, 0.5,
-                                                    barrier, results), daemon=True)
-                 for _ in range(processes_count)]
+    barrier = workers.ctx.Barrier(processes_count + 1)  # the workers and this process
     admin = redis_server.client()
     try:
-        for process in processes:
-            process.start()
-        _collect(results, "ready", processes_count, 60)
+        workers.spawn(processes_count, 30.0, 0.5, barrier)
+        workers.collect("ready", processes_count, 60)
         reset_stats(admin)
         barrier.wait(30)  # all 8 processes call at once
-        done = _collect(results, "done", processes_count, 20)
+        done = workers.collect("done", processes_count, 20)
     finally:
-        _stop(processes)
+        workers.stop()
 
     commands = {k: v for k, v in command_stats(admin).items()
                 if k != "info" and not k.startswith("config")}
     values = [report["value"] for report in done.values()]
     seconds = sorted(round(report["seconds"], 2) for report in done.values())
-    print(f"\nstampede: runs={admin.get(counter)} seconds={seconds} commands={commands}")
+    print(f"\nstampede: runs={admin.get(workers.counter)} seconds={seconds} commands={commands}")
 
-    assert int(admin.get(counter)) == 1, "the function ran more than once"
+    assert int(admin.get(workers.counter)) == 1, "the function ran more than once"
     assert all(v == values[0] for v in values), "processes got different values"
     assert values[0]["computed_by"] in done
     stores = sorted(report["stats"]["stores"] for report in done.values())
@@ -125,47 +141,37 @@ def test_a_stampede_of_8_processes_computes_once(redis_server):
 
 
 def test_a_killed_holder_blocks_the_others_only_until_its_lease_expires(redis_server):
-    ctx = multiprocessing.get_context("spawn")
-    prefix = f"sf{uuid.uuid4().hex[:8]}:"
-    counter = prefix + "runs"
+    workers = _Workers(redis_server)
     lease_ttl = 1.5
-    results = ctx.Queue()
-    go_holder, go_others, started = ctx.Event(), ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_worker, args=(redis_server.url, prefix, counter, lease_ttl,
-                                               60.0, go_holder, results, started), daemon=True)
-    others = [ctx.Process(target=_worker, args=(redis_server.url, prefix, counter, lease_ttl,
-                                                0.5, go_others, results), daemon=True)
-              for _ in range(3)]
+    go_holder, go_others, started = (workers.ctx.Event() for _ in range(3))
     admin = redis_server.client()
     try:
-        for process in [holder, *others]:
-            process.start()
-        _collect(results, "ready", 4, 60)
+        [holder] = workers.spawn(1, lease_ttl, 60.0, go_holder, started)
+        workers.spawn(3, lease_ttl, 0.5, go_others)
+        workers.collect("ready", 4, 60)
         go_holder.set()
         assert started.wait(10), "the holder never started computing"
         leased_at = time.monotonic()
-        lease_keys = [k for k in admin.scan_iter(match=f"{prefix}meta:l:*")]
+        lease_keys = [k for k in admin.scan_iter(match=f"{workers.prefix}meta:l:*")]
         assert len(lease_keys) == 1, "the holder should hold a lease while computing"
         go_others.set()
         time.sleep(0.3)  # B..D find the lease taken and wait on it
         os.kill(holder.pid, signal.SIGKILL)
         holder.join(5)
         assert not holder.is_alive()
-        done = _collect(results, "done", 3, lease_ttl + 5)
+        done = workers.collect("done", 3, lease_ttl + 5)
         elapsed = time.monotonic() - leased_at
     finally:
-        if holder.is_alive():
-            holder.kill()
-        _stop([holder, *others])
+        workers.stop()  # kills what is still alive
 
     values = [report["value"] for report in done.values()]
-    print(f"\nkilled holder: runs={admin.get(counter)} (1 by the holder), "
+    print(f"\nkilled holder: runs={admin.get(workers.counter)} (1 by the holder), "
           f"recovered after {elapsed:.2f}s, lease_ttl={lease_ttl}")
-    assert int(admin.get(counter)) == 2, "B..D must compute exactly once between them"
+    assert int(admin.get(workers.counter)) == 2, "B..D must compute exactly once between them"
     assert all(v == values[0] for v in values)
     assert values[0]["computed_by"] in done and values[0]["computed_by"] != holder.pid
     assert elapsed < lease_ttl + 3, f"others were blocked {elapsed:.2f}s by a dead holder"
-    assert list(admin.scan_iter(match=f"{prefix}meta:l:*")) == []
+    assert list(admin.scan_iter(match=f"{workers.prefix}meta:l:*")) == []
 
 
 def test_only_the_owner_of_a_lease_releases_it(redis_server):
@@ -174,34 +180,30 @@ def test_only_the_owner_of_a_lease_releases_it(redis_server):
     other = RedisCache(redis.Redis(host="127.0.0.1", port=redis_server.port))
     lkey = owner.lease_key(owner.value_key("k"))
 
-    assert owner._acquire_lease(lkey, "token-a", 5000)
-    assert not other._acquire_lease(lkey, "token-b", 5000)
+    assert owner.acquire_lease(lkey, "token-a", 5000)
+    assert not other.acquire_lease(lkey, "token-b", 5000)
 
     woken = threading.Event()
 
-    def wait():
-        other._wait_lease(lkey, 5)
+    def wait(_):
+        other.wait_lease(lkey, 5)
         woken.set()
 
-    waiter = threading.Thread(target=wait)
-    waiter.start()
-    time.sleep(0.2)
-    other._release_lease(lkey, "token-b")
-    assert admin.get(lkey) == "token-a", "a non-owner released the lease"
-    assert not woken.wait(0.5), "a waiter was woken although the lease is still held"
+    with concurrently(wait, 1, timeout=5):
+        time.sleep(0.2)
+        other.release_lease(lkey, "token-b")
+        assert admin.get(lkey) == "token-a", "a non-owner released the lease"
+        assert not woken.wait(0.5), "a waiter was woken although the lease is still held"
 
-    owner._release_lease(lkey, "token-a")
-    assert woken.wait(1), "the owner's release did not wake the waiter"
-    waiter.join(5)
+        owner.release_lease(lkey, "token-a")
+        assert woken.wait(1), "the owner's release did not wake the waiter"
     assert admin.get(lkey) is None
 
     # A holder whose lease expired must not release its successor's lease.
-    assert owner._acquire_lease(lkey, "token-a", 100)
-    deadline = time.monotonic() + 3
-    while admin.exists(lkey) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert other._acquire_lease(lkey, "token-b", 5000)
-    owner._release_lease(lkey, "token-a")
+    assert owner.acquire_lease(lkey, "token-a", 100)
+    wait_until(lambda: not admin.exists(lkey), 3)
+    assert other.acquire_lease(lkey, "token-b", 5000)
+    owner.release_lease(lkey, "token-a")
     assert admin.get(lkey) == "token-b"
-    other._release_lease(lkey, "token-b")
+    other.release_lease(lkey, "token-b")
     assert admin.get(lkey) is None

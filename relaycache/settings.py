@@ -16,15 +16,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
-from django.core.signals import setting_changed
-from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
 from .backends.base import BaseCache
 from .backends.memory import InMemoryCache
 from .backends.redis import RedisCache
-from .config import set_default_backend
-from .keys import check_ttl
+from .core.defaults import set_default_backend
+from .core.keys import check_ttl
 
 DEFAULTS: dict[str, Any] = {
     "BACKEND": "memory",
@@ -36,7 +34,9 @@ DEFAULTS: dict[str, Any] = {
 _URL_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
-def _user_settings() -> dict[str, Any]:
+def read_settings() -> dict[str, Any]:
+    """``RELAYCACHE`` merged with :data:`DEFAULTS`; ``ImproperlyConfigured`` if it is
+    not a dict or has unknown keys."""
     from django.conf import settings
 
     value = getattr(settings, "RELAYCACHE", {})
@@ -92,23 +92,31 @@ def build_backend(config: dict[str, Any]) -> BaseCache:
     raise ImproperlyConfigured(f"RELAYCACHE['BACKEND'] {spec!r} is not a relaycache backend")
 
 
+def database_namespaces(config: dict[str, Any]) -> dict[str, str]:
+    """``DATABASE_NAMESPACES``, checked: it must map aliases (str) to names (str)."""
+    namespaces = config["DATABASE_NAMESPACES"]
+    if not isinstance(namespaces, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in namespaces.items()):
+        raise ImproperlyConfigured(
+            "RELAYCACHE['DATABASE_NAMESPACES'] must map database aliases (str) to "
+            f"namespaces (str), got {namespaces!r}")
+    return namespaces
+
+
 def apply_settings() -> None:
     """Configure the default backend and database namespaces from Django settings."""
     from .orm import memo
     from .orm.invalidation import DATABASE_NAMESPACES
 
-    config = _user_settings()
-    namespaces = config["DATABASE_NAMESPACES"]
-    if not isinstance(namespaces, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in namespaces.items()):
-        raise ImproperlyConfigured("RELAYCACHE['DATABASE_NAMESPACES'] must map str to str")
+    config = read_settings()
+    namespaces = database_namespaces(config)
     set_default_backend(build_backend(config))
     DATABASE_NAMESPACES.clear()
     DATABASE_NAMESPACES.update(namespaces)
     memo.forget()  # remembered reads carry the namespaces in their keys
 
 
-@receiver(setting_changed)
-def _reload(setting: str, **kwargs: Any) -> None:
+def reload(setting: str, **kwargs: Any) -> None:
+    """``setting_changed`` receiver: tests that override ``RELAYCACHE`` get it applied."""
     if setting == "RELAYCACHE":
         apply_settings()

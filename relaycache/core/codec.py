@@ -29,7 +29,7 @@ _MARK_BYTES = b'"~'
 _MARK_STR = '"~'
 
 
-def _tz_spec(tz: dt.tzinfo | None, value: dt.datetime | dt.time) -> Any:
+def _tz_spec(tz: dt.tzinfo | None, value: dt.datetime | dt.time) -> str | float | None:
     if tz is None:
         return None
     if tz is dt.UTC:
@@ -52,7 +52,7 @@ def _tz_from_spec(spec: Any) -> dt.tzinfo | None:
     return dt.timezone(dt.timedelta(seconds=spec))
 
 
-def _enc_datetime(v: dt.datetime) -> Any:
+def _enc_datetime(v: dt.datetime) -> list[object]:
     return [v.replace(tzinfo=None).isoformat(), _tz_spec(v.tzinfo, v), v.fold]
 
 
@@ -60,7 +60,7 @@ def _dec_datetime(v: Any) -> dt.datetime:
     return dt.datetime.fromisoformat(v[0]).replace(tzinfo=_tz_from_spec(v[1]), fold=v[2])
 
 
-def _enc_time(v: dt.time) -> Any:
+def _enc_time(v: dt.time) -> list[object]:
     return [v.replace(tzinfo=None).isoformat(), _tz_spec(v.tzinfo, v), v.fold]
 
 
@@ -212,7 +212,9 @@ def encode(value: Any) -> bytes:
 
 def may_hold_markers(raw: bytes | str) -> bool:
     """Cheap test that lets plain JSON skip the :func:`from_json` walk on decode."""
-    return (_MARK_BYTES if isinstance(raw, bytes) else _MARK_STR) in raw
+    if isinstance(raw, bytes):
+        return _MARK_BYTES in raw
+    return _MARK_STR in raw
 
 
 def decode(raw: bytes | str) -> Any:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..backends.base import BaseCache
 
 logger = logging.getLogger("relaycache")
 
@@ -33,7 +36,7 @@ def remove_listener(listener: Listener) -> None:
         listeners.remove(listener)
 
 
-def emit(event: str, backend: Any, **data: Any) -> None:
+def emit(event: str, backend: BaseCache, **data: Any) -> None:
     """Tell every listener; a failing listener is logged, never raised to the caller."""
     for listener in list(listeners):
         try:

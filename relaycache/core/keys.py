@@ -94,7 +94,7 @@ def _check_encodable(text: str, what: str) -> None:
                              f"{text[:40]!r}") from None
 
 
-def check_key(key: Any) -> str:
+def check_key(key: object) -> str:
     if not isinstance(key, str):
         raise TypeError(f"cache keys must be str, got {type(key).__qualname__}")
     if not key or len(key) > MAX_KEY_LENGTH:
@@ -103,11 +103,11 @@ def check_key(key: Any) -> str:
     return key
 
 
-def check_tags(tags: Iterable[Any]) -> list[str]:
+def check_tags(tags: Iterable[object]) -> list[str]:
     """Validated, de-duplicated and sorted tags (order never matters)."""
     if isinstance(tags, (str, bytes)):
         raise TypeError("tags must be a list of strings, not a single string")
-    result = set()
+    result: set[str] = set()
     for tag in tags:
         if not isinstance(tag, str):
             raise TypeError(f"tags must be str, got {type(tag).__qualname__}: {tag!r}")
@@ -118,7 +118,7 @@ def check_tags(tags: Iterable[Any]) -> list[str]:
     return sorted(result)
 
 
-def check_ttl(ttl: Any) -> float | None:
+def check_ttl(ttl: object) -> float | None:
     """A ttl is positive, finite seconds, or ``None`` (the default)."""
     if ttl is None:
         return None

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from relaycache import CircuitBreaker, RedisCache, cache
-from tests.reliability.support import wait_until
+from tests.support import concurrently, timed_calls, wait_until, warm_square
 
 pytest_plugins = ("tests.servers",)
 pytestmark = pytest.mark.real_redis
@@ -42,9 +42,8 @@ def test_outage_falls_through_and_a_pending_invalidation_lands_after_restart(
     assert admin.save()
     assert server.rdb_path.exists()
 
-    # Calls keep running from threads while the server dies.
+    # Calls keep running from threads while the server dies; none may raise.
     stop = threading.Event()
-    errors: list[BaseException] = []
     served: list[tuple[float, str, str]] = []  # (call started, expected, got)
 
     def loop(worker: int) -> None:
@@ -53,20 +52,13 @@ def test_outage_falls_through_and_a_pending_invalidation_lands_after_restart(
             n = (worker + i) % 5
             i += 1
             began = time.monotonic()
-            try:
-                got = get_book(n)
-                backend.get(f"book:{n}", MISS, tags=[f"book:{n}", "books"])
-                backend.set(f"extra:{worker}", i, tags=["extra"])
-            except BaseException as exc:
-                errors.append(exc)
-                return
+            got = get_book(n)
+            backend.get(f"book:{n}", MISS, tags=[f"book:{n}", "books"])
+            backend.set(f"extra:{worker}", i, tags=["extra"])
             served.append((began, f"-{n}", got))
             time.sleep(0.002)
 
-    threads = [threading.Thread(target=loop, args=(w,)) for w in range(4)]
-    for thread in threads:
-        thread.start()
-    try:
+    with concurrently(loop, 4, stop=stop):
         time.sleep(0.2)
         server.kill()  # a crash: nothing saved after the SAVE above
         time.sleep(0.3)
@@ -89,12 +81,6 @@ def test_outage_falls_through_and_a_pending_invalidation_lands_after_restart(
         assert restored.exists(backend.value_key("book:1")), "old entry not restored"
         delivered = wait_until(lambda: backend.pending_invalidations == [], 5)
         time.sleep(0.2)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(10)
-    assert not any(t.is_alive() for t in threads)
-    assert errors == [], f"exceptions reached the caller: {errors[:3]}"
     assert delivered, f"pending invalidation not delivered: {backend.pending_invalidations}"
 
     stale = [(expected, got) for began, expected, got in served
@@ -121,45 +107,20 @@ def test_a_stopped_server_costs_bounded_latency_to_a_client_without_timeouts(
     client = redis.Redis(host="127.0.0.1", port=redis_server.port, **client_options)
     prefix = f"out{uuid.uuid4().hex[:8]}:"
     backend = RedisCache(client, value_prefix=prefix, meta_prefix=prefix + "meta:")
-    computed = []
-
-    @cache(backend=backend, tags=lambda n: [f"n:{n}"], key=lambda n: f"n:{n}")
-    def square(n):
-        computed.append(n)
-        return n * n
-
-    assert square(3) == 9 and square(3) == 9 and computed == [3]
-
-    timings: dict[str, float] = {}
-    outcome: dict[str, object] = {}
-
-    def timed(name, fn, *args):
-        began = time.monotonic()
-        try:
-            outcome[name] = fn(*args)
-        except BaseException as exc:
-            outcome[name] = exc
-        timings[name] = time.monotonic() - began
-
-    def calls():
-        timed("hit", square, 3)
-        timed("miss", square, 4)
-        timed("invalidate", backend.invalidate, ["n:3"])
-        timed("after", square, 3)
+    square = warm_square(backend)
 
     redis_server.pause()
     try:
-        # In a thread, so a call that hangs fails this test instead of hanging it.
-        worker = threading.Thread(target=calls, daemon=True)
-        worker.start()
-        worker.join(10)  # 4 calls of at most ~2 s each
-        hung = worker.is_alive()
+        outcome, timings = timed_calls({  # 4 calls of at most ~2 s each
+            "hit": lambda: square(3),
+            "miss": lambda: square(4),
+            "invalidate": lambda: backend.invalidate(["n:3"]),
+            "after": lambda: square(3),
+        }, timeout=10)
     finally:
         redis_server.resume()
-    worker.join(10)
     print(f"\nSIGSTOPped server, seconds per call: "
           f"{ {k: round(v, 2) for k, v in timings.items()} }")
-    assert not hung, f"calls still running after 10 s on the stopped server: {timings}"
     assert outcome == {"hit": 9, "miss": 16, "invalidate": None, "after": 9}, outcome
     slow = {name: t for name, t in timings.items() if t > 2.0}
     assert slow == {}, f"calls took more than 2 s: {slow}"
@@ -206,7 +167,5 @@ def test_entries_restored_from_disk_after_a_restart_are_never_served(redis_serve
         return dict(source)
 
     assert read_new() == {"title": "new"}  # a process started after the restart
-    deadline = time.monotonic() + 10
-    while old_process.breaker.is_open and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: not old_process.breaker.is_open, 10, 0.1)
     assert read_old() == {"title": "new"}  # a process that lived through it

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from relaycache import InMemoryCache, cache, invalidate
-from relaycache.keys import MAX_KEY_LENGTH, MAX_TAG_LENGTH, check_key, check_tags, function_key
+from relaycache.core.keys import MAX_KEY_LENGTH, MAX_TAG_LENGTH, check_key, check_tags, function_key
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 _backend = InMemoryCache()
 
 
@@ -77,7 +77,7 @@ def keys_in_this_process() -> dict:
 
 _CHILD = (
     "import json\n"
-    "from tests.test_keys import keys_in_this_process\n"
+    "from tests.core.test_keys import keys_in_this_process\n"
     "print(json.dumps(keys_in_this_process()))\n"
 )
 

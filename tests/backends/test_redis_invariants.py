@@ -20,6 +20,7 @@ import redis
 
 from relaycache import RedisCache, cache, invalidate
 from tests.servers import command_stats, reset_stats
+from tests.support import concurrently, run_concurrently
 
 pytest_plugins = ("tests.servers",)
 pytestmark = pytest.mark.real_redis
@@ -179,11 +180,8 @@ def test_result_computed_across_an_invalidation_is_never_served(real_redis_url, 
     try:
         if stamp_exists:
             writer.invalidate(["book:1"])  # the tag's stamp exists before the miss
-        thread = threading.Thread(target=write)
-        thread.start()
-        assert get_title() == "old"  # the caller itself gets what it read
-        thread.join(10)
-        assert not thread.is_alive()
+        with concurrently(lambda _: write(), 1):
+            assert get_title() == "old"  # the caller itself gets what it read
 
         assert reader.stats.stores_rejected == 1 and reader.stats.stores == 0
         assert third.get("book:1", MISS, tags=["book:1"]) is MISS
@@ -203,42 +201,29 @@ def test_no_read_returns_data_older_than_a_finished_invalidation(real_redis_url)
     committed = [0]
     stop = threading.Event()
     violations: list[tuple[int, int]] = []
-    errors: list[BaseException] = []
     backends = [_backend(redis.Redis.from_url(real_redis_url), prefix) for _ in range(4)]
     writer = _backend(redis.Redis.from_url(real_redis_url), prefix)
 
-    def reader(backend):
-        @cache(backend=backend, tags=["row"], key=lambda: "row")
+    def reader(i):
+        @cache(backend=backends[i], tags=["row"], key=lambda: "row")
         def read():
             version = database["version"]
             time.sleep(0.001)
             return version
 
-        try:
-            while not stop.is_set():
-                floor = committed[0]
-                got = read()
-                if got < floor:
-                    violations.append((floor, got))
-        except BaseException as exc:
-            errors.append(exc)
+        while not stop.is_set():
+            floor = committed[0]
+            got = read()
+            if got < floor:
+                violations.append((floor, got))
 
-    threads = [threading.Thread(target=reader, args=(b,)) for b in backends]
-    for thread in threads:
-        thread.start()
     try:
-        for version in range(1, 151):
-            database["version"] = version
-            writer.invalidate(["row"])
-            committed[0] = version
-            time.sleep(0.004)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(10)
-    try:
-        assert not any(t.is_alive() for t in threads)
-        assert errors == []
+        with concurrently(reader, len(backends), stop=stop):
+            for version in range(1, 151):
+                database["version"] = version
+                writer.invalidate(["row"])
+                committed[0] = version
+                time.sleep(0.004)
         assert violations == [], f"stale reads (committed, served): {violations[:10]}"
         assert sum(b.stats.hits for b in backends) > 0, "the cache was never used"
         rejected = sum(b.stats.stores_rejected for b in backends)
@@ -304,29 +289,23 @@ def test_client_with_or_without_decode_responses(real_redis_url, decode):
 
         # distributed singleflight between backends on their own decoded clients
         computed = []
-        results: list[object] = []
 
         def slow(n):
             computed.append(n)
             time.sleep(0.3)
             return {"n": n, "by": threading.get_ident()}
 
-        def run():
+        def run(_):
             own = _backend(redis.Redis.from_url(real_redis_url, decode_responses=decode),
                            prefix)
             fn = cache(backend=own, tags=["sf"], key=lambda n: f"sf:{n}",
                        distributed_singleflight=True)(slow)
-            results.append(fn(3))
+            return fn(3)
 
-        threads = [threading.Thread(target=run) for _ in range(6)]
         started = time.monotonic()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(10)
-        assert not any(t.is_alive() for t in threads)
+        results = run_concurrently(run, 6)
         assert computed == [3], f"computed {len(computed)} times"
-        assert len(results) == 6 and all(r == results[0] for r in results)
+        assert all(r == results[0] for r in results)
         assert time.monotonic() - started < 5, "waiters were not woken by the release"
         assert backend.stats.errors == 0
     finally:

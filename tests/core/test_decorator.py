@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import math
 import threading
@@ -13,6 +14,7 @@ import pytest
 
 import relaycache
 from relaycache import InMemoryCache, cache, get_default_backend, invalidate, set_default_backend
+from tests.support import run_concurrently
 
 
 class Counter:
@@ -506,6 +508,32 @@ def test_cache_key_matches_the_entry_and_delete_drops_only_it(backend):
     f.delete(99)  # deleting an entry that does not exist is fine
 
 
+def test_adelete_drops_one_entry_of_sync_async_and_bound_functions(backend):
+    seen = Counter()
+
+    class Shelf:
+        @cache(backend=backend, tags=["shared"])
+        def book(self, n):
+            seen("method", n)
+            return n
+
+    @cache(backend=backend, tags=["shared"])
+    async def afetch(n):
+        seen("async", n)
+        return n
+
+    async def scenario():
+        shelf = Shelf()
+        shelf.book(1), shelf.book(2), await afetch(1)
+        await shelf.book.adelete(1)
+        await afetch.adelete(1)
+        shelf.book(1), shelf.book(2), await afetch(1)
+
+    asyncio.run(scenario())
+    assert seen.calls == [("method", 1), ("method", 2), ("async", 1), ("method", 1),
+                          ("async", 1)]
+
+
 # -- the integration guide's examples (ORM bodies replaced by plain Python) ----------
 
 BOOKS = [
@@ -882,8 +910,6 @@ def test_per_function_ttl_overrides_the_backend_default(backend):
 
 def test_concurrent_misses_of_one_key_compute_once(backend):
     seen = Counter()
-    threads_count = 16
-    barrier = threading.Barrier(threads_count)
 
     @cache(backend=backend, tags=["t"])
     def slow(x):
@@ -891,25 +917,8 @@ def test_concurrent_misses_of_one_key_compute_once(backend):
         time.sleep(0.3)
         return {"x": x, "computed_by": threading.get_ident()}
 
-    results: list[Any] = []
-    errors: list[BaseException] = []
-
-    def worker():
-        try:
-            barrier.wait(timeout=10)
-            results.append(slow(1))
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(threads_count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=20)
-    assert not any(t.is_alive() for t in threads), "threads hung"
-    assert errors == []
+    results = run_concurrently(lambda _: slow(1), 16, timeout=20)
     assert seen.count == 1
-    assert len(results) == threads_count
     assert all(r == results[0] for r in results)
 
 
@@ -923,15 +932,5 @@ def test_concurrent_misses_of_different_keys_do_not_serialize_each_other(backend
         barrier.wait(timeout=5)  # all four computations must run at the same time
         return x
 
-    results: dict[int, Any] = {}
-
-    def worker(x):
-        results[x] = slow(x)
-
-    threads = [threading.Thread(target=worker, args=(x,)) for x in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=10)
-    assert results == {0: 0, 1: 1, 2: 2, 3: 3}
+    assert run_concurrently(slow, 4) == [0, 1, 2, 3]
     assert seen.count == 4

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 
-from .backends.base import BaseCache
-from .backends.memory import InMemoryCache
+from ..backends.base import BaseCache
+from ..backends.memory import InMemoryCache
 
 _lock = threading.Lock()
 _default: BaseCache | None = None
@@ -28,3 +30,17 @@ def set_default_backend(backend: BaseCache | None) -> None:
         raise TypeError(f"expected a relaycache backend, got {type(backend).__qualname__}")
     with _lock:
         _default = backend
+
+
+@contextlib.contextmanager
+def use_backend(backend: BaseCache) -> Iterator[BaseCache]:
+    """Make ``backend`` the default inside the block; the previous default after
+    (including "none chosen yet", so a fresh embedded default follows)."""
+    global _default
+    with _lock:
+        previous, _default = _default, backend
+    try:
+        yield backend
+    finally:
+        with _lock:
+            _default = previous

@@ -5,7 +5,8 @@ import datetime as dt
 import pytest
 
 from relaycache import InMemoryCache, Zstd
-from relaycache.compression import ZSTD_MAGIC
+from relaycache.backends import flow
+from relaycache.core.compression import ZSTD_MAGIC
 
 BIG = {"rows": [[i, f"title {i}", dt.date(2000, 1, 1 + i % 28)] for i in range(2000)]}
 
@@ -18,14 +19,14 @@ def compressing(request, make_redis_backend):
 
 
 def _stored(backend, key):
-    return backend._fetch(backend.value_key(key), [])[0]
+    return backend.fetch([backend.value_key(key)])[0]
 
 
 def test_large_entries_are_stored_compressed_and_read_back_exactly(compressing):
     assert compressing.set("big", BIG, tags=["books"])
     raw = _stored(compressing, "big")
     assert raw.startswith(ZSTD_MAGIC)
-    assert len(raw) < len(compressing._pack(["books"], ["x"], BIG)) / 4
+    assert len(raw) < len(flow.pack(["books"], ["x"], BIG)) / 4
     assert compressing.get("big", tags=["books"]) == BIG
     compressing.invalidate(["books"])
     assert compressing.get("big", tags=["books"]) is None
@@ -48,7 +49,8 @@ def test_plain_entries_written_before_compression_was_turned_on_are_read(make_re
 
 def test_a_corrupt_frame_is_a_counted_miss(compressing):
     compressing.set("big", BIG)
-    compressing._store(compressing.value_key("big"), ZSTD_MAGIC + b"garbage", [], [], None)
+    compressing.store_if_current(compressing.value_key("big"), ZSTD_MAGIC + b"garbage",
+                                 [], [], None)
     assert compressing.get("big") is None
     assert compressing.stats.corrupt == 1
 

@@ -13,6 +13,7 @@ import redis
 import redis.asyncio
 
 from relaycache import InMemoryCache, RedisCache, ainvalidate, cache, invalidate
+from tests.support import IN_PROCESS_BACKENDS
 
 
 class NoThreadsExecutor(concurrent.futures.ThreadPoolExecutor):
@@ -53,10 +54,13 @@ _REAL = pytest.mark.real_redis
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=_REAL),
-                        pytest.param("redis-decoded", marks=_REAL)])
+                        pytest.param("redis-decoded", marks=_REAL), "dict"])
 def async_backend(request):
-    if request.param == "memory":
-        yield InMemoryCache(default_ttl=60)
+    """The async contract: as ``backend``, on a real server for Redis (whose asyncio
+    client fakeredis cannot stand in for), and the dict backend of docs/backends.md
+    through the default async twins."""
+    if request.param in IN_PROCESS_BACKENDS:
+        yield IN_PROCESS_BACKENDS[request.param](default_ttl=60)
         return
     backend = _real_backend(request.getfixturevalue("real_redis_url"),
                             request.param == "redis-decoded")
@@ -219,9 +223,9 @@ def test_async_hit_does_not_start_a_thread(async_backend):
 @pytest.mark.real_redis
 def test_async_path_uses_an_asyncio_redis_client(real_redis_backend):
     async def scenario():
-        client = real_redis_backend._aclient()
+        client = real_redis_backend._loop_client().client
         assert isinstance(client, redis.asyncio.Redis)
-        assert real_redis_backend._aclient() is client  # one client per event loop
+        assert real_redis_backend._loop_client().client is client  # one per event loop
         await real_redis_backend.aget_or_set("k", _value, tags=["t"])
         return await real_redis_backend.aget_or_set("k", _never, tags=["t"])
 

@@ -9,7 +9,6 @@ is asserted wherever a step must have worked.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from collections import Counter
@@ -19,6 +18,7 @@ from redis.cluster import RedisCluster
 
 from relaycache import RedisCache, cache, invalidate
 from tests.servers import command_stats, reset_stats
+from tests.support import run_concurrently, timed_calls, warm_square
 
 pytest_plugins = ("tests.servers",)
 pytestmark = [pytest.mark.real_redis, pytest.mark.cluster]
@@ -142,31 +142,25 @@ def test_clear_removes_only_own_keys_on_every_node(cluster_client, redis_cluster
 def test_distributed_singleflight_on_the_cluster(redis_cluster, caplog):
     caplog.set_level(logging.WARNING, logger="relaycache")
     prefix = f"cl{uuid.uuid4().hex[:8]}:"
-    computed, results, backends = [], [], []
+    computed, backends = [], []
 
     def slow(n):
         computed.append(n)
         time.sleep(0.3)
         return {"n": n, "token": uuid.uuid4().hex}
 
-    def run(port):
-        own = _backend(RedisCluster(host="127.0.0.1", port=port), prefix)
+    def run(i):
+        own = _backend(RedisCluster(host="127.0.0.1", port=redis_cluster.ports[i % 3]), prefix)
         backends.append(own)
         fn = cache(backend=own, tags=["sf", "sf2", "sf3"], key=lambda n: f"sf:{n}",
                    distributed_singleflight=True)(slow)
-        results.append(fn(1))
+        return fn(1)
 
-    threads = [threading.Thread(target=run, args=(redis_cluster.ports[i % 3],))
-               for i in range(6)]
     started = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(15)
+    results = run_concurrently(run, 6, timeout=15)
     elapsed = time.monotonic() - started
-    assert not any(t.is_alive() for t in threads)
     assert computed == [1], f"computed {len(computed)} times"
-    assert len(results) == 6 and all(r == results[0] for r in results)
+    assert all(r == results[0] for r in results)
     assert elapsed < 5, f"waiters were not woken by the release ({elapsed:.1f}s)"
     assert sum(b.stats.errors for b in backends) == 0
     _no_crossslot(caplog)
@@ -213,40 +207,17 @@ def test_a_hit_is_at_most_one_mget_per_node(cluster_client, redis_cluster, tag_c
 def test_a_stopped_node_costs_bounded_latency(cluster_client, redis_cluster):
     """Runs last: it SIGSTOPs one node for a few seconds (far below the node timeout)."""
     backend = _backend(cluster_client)
-    computed = []
-
-    @cache(backend=backend, tags=lambda n: [f"n:{n}"], key=lambda n: f"n:{n}")
-    def square(n):
-        computed.append(n)
-        return n * n
-
-    assert square(3) == 9 and square(3) == 9 and computed == [3]
+    square = warm_square(backend)
     port = _port_of(cluster_client, backend.value_key("n:3"))
     server = next(s for s in redis_cluster.servers if s.port == port)
-    timings: dict[str, float] = {}
-    outcome: dict[str, object] = {}
-
-    def calls():
-        for name, fn, args in (("hit", square, (3,)), ("miss", square, (4,))):
-            began = time.monotonic()
-            try:
-                outcome[name] = fn(*args)
-            except BaseException as exc:
-                outcome[name] = exc
-            timings[name] = time.monotonic() - began
-
     server.pause()
     try:
-        worker = threading.Thread(target=calls, daemon=True)
-        worker.start()
-        worker.join(5)
-        hung = worker.is_alive()
+        outcome, timings = timed_calls({"hit": lambda: square(3), "miss": lambda: square(4)},
+                                       timeout=5)
     finally:
         server.resume()
-    worker.join(30)
     redis_cluster.wait_ok()
     print(f"\ncluster node SIGSTOPped, seconds per call: "
           f"{ {k: round(v, 2) for k, v in timings.items()} }")
-    assert not hung, f"calls still running after 5 s on a stopped node: {timings}"
     assert outcome == {"hit": 9, "miss": 16}, outcome
     assert max(timings.values()) < 2.0, timings

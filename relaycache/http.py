@@ -1,9 +1,8 @@
 """Caching Django views: ``cached_view`` and the ``HttpResponse`` codec type.
 
-Importing this module (the app does it in ``ready()``) teaches the codec
-``HttpResponse`` (status, reason, content, headers, charset; never cookies), so any
-``@cache``-decorated function may return one, as the integration guide's
-``cache_view`` helper does.
+The app's ``ready()`` teaches the codec ``HttpResponse`` (status, reason, content,
+headers, charset; never cookies), so any ``@cache``-decorated function may return one,
+as the integration guide's ``cache_view`` helper does.
 
 ``cached_view`` caches what is safe to share between visitors:
 
@@ -28,19 +27,20 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar, cast, overload
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest, HttpResponse
+from django.template.response import SimpleTemplateResponse
 from django.utils.timezone import get_current_timezone_name
 from django.utils.translation import get_language
 
 from .backends.base import BaseCache
-from .codec import register_type
-from .config import get_default_backend
-from .keys import check_tags, check_ttl, digest
+from .core.codec import register_type
+from .core.defaults import get_default_backend
+from .core.keys import check_tags, check_ttl, digest
 
 __all__ = ["cached_view"]
 
@@ -52,12 +52,17 @@ _PATH_IN_KEY = 100  # characters of the path kept readable in keys (SCAN, inspec
 # Splits Vary and Cache-Control values (Django keeps its own copy private).
 _HEADER_LIST_SEP = re.compile(r"\s*,\s*")
 
+V = TypeVar("V", bound=Callable[..., Any])
+TagsOf = Callable[..., Iterable[str] | None]
+"""``tags(request, *args, **kwargs)``: the tags of one request's response."""
+
 
 # -- HttpResponse in the codec -------------------------------------------------------
 
-def _encode_response(response: HttpResponse) -> list[Any]:
+def _encode_response(response: HttpResponse) -> list[object]:
     if getattr(response, "is_rendered", True) is False:  # an unrendered TemplateResponse
-        response.render()
+        # Only a (Simple)TemplateResponse has is_rendered; tested by duck typing.
+        cast(SimpleTemplateResponse, response).render()
     if response.cookies:
         raise TypeError(
             "relaycache cannot cache an HttpResponse that sets cookies: they belong to "
@@ -66,23 +71,27 @@ def _encode_response(response: HttpResponse) -> list[Any]:
             [[name, value] for name, value in response.headers.items()], response.charset]
 
 
-def _decode_response(data: list[Any]) -> HttpResponse:
+def _decode_response(data: list[Any]) -> HttpResponse:  # data read back from the cache
     status, reason, content, headers, charset = data
     return HttpResponse(content, status=status, reason=reason, charset=charset,
                         headers=dict(headers))
 
 
-register_type(HttpResponse, RESPONSE_TYPE_NAME, _encode_response, _decode_response)
+def register_response_type() -> None:
+    """Teach the codec ``HttpResponse`` (the app's ``ready()`` calls it)."""
+    register_type(HttpResponse, RESPONSE_TYPE_NAME, _encode_response, _decode_response)
 
 
 # -- cached_view ---------------------------------------------------------------------
 
 class _DontStore(Exception):
-    """Raised out of the computation to hand a response back without storing it."""
+    """Raised out of the computation to hand a response back without storing it;
+    ``index`` is the header set to record for the URL first, if any."""
 
-    def __init__(self, response: Any) -> None:
+    def __init__(self, response: object, index: list[str] | None = None) -> None:
         super().__init__()
         self.response = response
+        self.index = index
 
 
 def _header_names(value: str | None) -> set[str]:
@@ -96,7 +105,7 @@ def _cache_control(response: HttpResponse) -> set[str]:
             for directive in _HEADER_LIST_SEP.split(response.get("Cache-Control", ""))}
 
 
-def _is_authenticated(user: Any) -> bool:
+def _is_authenticated(user: object) -> bool:
     return user is not None and bool(getattr(user, "is_authenticated", False))
 
 
@@ -108,7 +117,7 @@ def _locale() -> list[str | None]:
     return [language, zone]
 
 
-def _valid_index(value: Any) -> list[str]:
+def _valid_index(value: object) -> list[str]:
     if isinstance(value, list) and all(isinstance(name, str) for name in value):
         return value
     return []
@@ -119,7 +128,7 @@ class _Lookup:
 
     __slots__ = ("backend", "base", "index_key", "path", "request", "tags")
 
-    def __init__(self, backend: BaseCache, request: HttpRequest, base: list[Any],
+    def __init__(self, backend: BaseCache, request: HttpRequest, base: list[object],
                  tags: list[str]) -> None:
         self.backend = backend
         self.request = request
@@ -135,7 +144,8 @@ class _Lookup:
 
 
 class _CachedView:
-    def __init__(self, view: Callable[..., Any], ttl: float | None, tags: Any,
+    # ``view`` is a sync or an async view; its responses are passed through as they are.
+    def __init__(self, view: Callable[..., Any], ttl: float | None, tags: list[str] | TagsOf,
                  backend: BaseCache | None, vary_on_headers: Iterable[str]) -> None:
         self.view = view
         self.ttl = ttl
@@ -147,8 +157,8 @@ class _CachedView:
 
     # -- deciding ---------------------------------------------------------------------
 
-    def lookup(self, request: HttpRequest, user: Any, args: tuple, kwargs: dict
-               ) -> _Lookup | None:
+    def lookup(self, request: HttpRequest, user: object, args: tuple[Any, ...],
+               kwargs: dict[str, Any]) -> _Lookup | None:
         """Where this request's response lives, or ``None`` if it must not be cached."""
         if request.method not in ("GET", "HEAD") or _is_authenticated(user):
             return None
@@ -159,20 +169,20 @@ class _CachedView:
         except DisallowedHost:
             return None
         tags = self.tags(request, *args, **kwargs) if callable(self.tags) else self.tags
-        base = [self.name, request.scheme, host, request.path, sorted(request.GET.lists()),
-                _locale()]
+        base: list[object] = [self.name, request.scheme, host, request.path,
+                              sorted(request.GET.lists()), _locale()]
         return _Lookup(self.backend or get_default_backend(), request, base,
                        check_tags(tags or ()))
 
-    def names(self, lookup: _Lookup) -> list[str]:
+    def names(self, index: object) -> list[str]:
         """The request headers the key includes: declared ones and the index's."""
-        index = _valid_index(lookup.backend.get(lookup.index_key))
-        return sorted(self.vary.union(index))
+        return sorted(self.vary.union(_valid_index(index)))
 
-    def storable(self, request: HttpRequest, response: Any, names: list[str],
-                 lookup: _Lookup) -> Any:
+    def storable(self, request: HttpRequest, response: object, names: list[str]
+                 ) -> HttpResponse:
         """``response`` if it may be stored under ``names``; raises :class:`_DontStore`
-        otherwise (after recording new ``Vary`` headers in the index)."""
+        otherwise (with the header set the index must record, for new ``Vary``
+        headers)."""
         if (getattr(response, "streaming", False) or not isinstance(response, HttpResponse)
                 or response.status_code != 200 or response.cookies
                 or _cache_control(response) & _UNCACHEABLE_DIRECTIVES
@@ -185,8 +195,7 @@ class _CachedView:
         if not vary <= set(names):
             # Stored under fewer headers than it varies on, it could be served to a
             # request that differs on one of them: record them, store next time.
-            lookup.backend.set(lookup.index_key, sorted(vary.union(names)), self.ttl)
-            raise _DontStore(response)
+            raise _DontStore(response, sorted(vary.union(names)))
         return response
 
     # -- sync views -------------------------------------------------------------------
@@ -195,22 +204,25 @@ class _CachedView:
         lookup = self.lookup(request, getattr(request, "user", None), args, kwargs)
         if lookup is None:
             return self.view(request, *args, **kwargs)
-        names = self.names(lookup)
+        backend = lookup.backend
+        names = self.names(backend.get(lookup.index_key))
         key = lookup.entry_key(names)
         if request.method == "HEAD":
-            cached = lookup.backend.get(key, tags=lookup.tags)
+            cached = backend.get(key, tags=lookup.tags)
             return cached if isinstance(cached, HttpResponse) else self.view(
                 request, *args, **kwargs)
 
-        def compute() -> Any:
+        def compute() -> HttpResponse:
             response = self.view(request, *args, **kwargs)
             if getattr(response, "is_rendered", True) is False:
                 response.render()  # inside the computation: lazy querysets run here
-            return self.storable(request, response, names, lookup)
+            return self.storable(request, response, names)
 
         try:
-            response = lookup.backend.get_or_set(key, compute, ttl=self.ttl, tags=lookup.tags)
+            response = backend.get_or_set(key, compute, ttl=self.ttl, tags=lookup.tags)
         except _DontStore as skipped:
+            if skipped.index is not None:
+                backend.set(lookup.index_key, skipped.index, self.ttl)
             return skipped.response
         return response if isinstance(response, HttpResponse) else self.view(
             request, *args, **kwargs)
@@ -224,33 +236,44 @@ class _CachedView:
         if lookup is None:
             return await self.view(request, *args, **kwargs)
         backend = lookup.backend
-        names = await sync_to_async(self.names, thread_sensitive=False)(lookup)
+        names = self.names(await backend.aget(lookup.index_key))
         key = lookup.entry_key(names)
         if request.method == "HEAD":
-            cached = await sync_to_async(backend.get, thread_sensitive=False)(
-                key, tags=lookup.tags)
+            cached = await backend.aget(key, tags=lookup.tags)
             if isinstance(cached, HttpResponse):
                 return cached
             return await self.view(request, *args, **kwargs)
 
-        async def compute() -> Any:
+        async def compute() -> HttpResponse:
             response = await self.view(request, *args, **kwargs)
             if getattr(response, "is_rendered", True) is False:
                 await sync_to_async(response.render)()
-            return await sync_to_async(self.storable, thread_sensitive=False)(
-                request, response, names, lookup)
+            return self.storable(request, response, names)
 
         try:
             response = await backend.aget_or_set(key, compute, ttl=self.ttl, tags=lookup.tags)
         except _DontStore as skipped:
+            if skipped.index is not None:
+                await backend.aset(lookup.index_key, skipped.index, self.ttl)
             return skipped.response
         if isinstance(response, HttpResponse):
             return response
         return await self.view(request, *args, **kwargs)
 
 
-def cached_view(ttl: Any = None, tags: Any = None, backend: BaseCache | None = None,
-                vary_on_headers: Iterable[str] = ()) -> Any:
+@overload
+def cached_view(ttl: V, /) -> V: ...
+
+
+@overload
+def cached_view(ttl: float | None = None, tags: Iterable[str] | TagsOf | None = None,
+                backend: BaseCache | None = None,
+                vary_on_headers: Iterable[str] = ()) -> Callable[[V], V]: ...
+
+
+def cached_view(ttl: float | Callable[..., Any] | None = None,
+                tags: Iterable[str] | TagsOf | None = None, backend: BaseCache | None = None,
+                vary_on_headers: Iterable[str] = ()) -> Callable[..., Any]:
     """Cache a view's responses for anonymous ``GET``/``HEAD`` requests.
 
     :param ttl: seconds a response is kept (``None``: the backend's ``default_ttl``).
@@ -266,7 +289,7 @@ def cached_view(ttl: Any = None, tags: Any = None, backend: BaseCache | None = N
     """
     if callable(ttl) and tags is None and backend is None and not vary_on_headers:
         return cached_view()(ttl)
-    check_ttl(ttl)
+    seconds = check_ttl(ttl)
     if backend is not None and not isinstance(backend, BaseCache):
         raise TypeError(f"backend must be a relaycache backend, got {backend!r}")
     if not callable(tags):
@@ -278,7 +301,7 @@ def cached_view(ttl: Any = None, tags: Any = None, backend: BaseCache | None = N
         raise TypeError(f"vary_on_headers must hold header names, got {vary!r}")
 
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
-        cached = _CachedView(view, ttl, tags, backend, vary)
+        cached = _CachedView(view, seconds, tags, backend, vary)
         if iscoroutinefunction(view):
             @functools.wraps(view)
             async def async_wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:

@@ -5,19 +5,20 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Self, TypeVar, cast, overload
 
-from .backends.base import BaseCache
-from .config import get_default_backend
+from ..backends.base import BaseCache
+from .defaults import get_default_backend
 from .keys import call_arguments, check_key, check_tags, check_ttl, function_key
 
 F = TypeVar("F", bound=Callable[..., Any])
+R = TypeVar("R")
 
 TagsSpec = Iterable[str] | Callable[..., Iterable[str]] | None
 KeySpec = Callable[..., str] | None
 
-def _argument_caller(spec: Callable[..., Any], func_sig: inspect.Signature
-                     ) -> Callable[[inspect.BoundArguments], Any]:
+def _argument_caller(spec: Callable[..., R], func_sig: inspect.Signature
+                     ) -> Callable[[inspect.BoundArguments], R]:
     """Call ``spec`` with the decorated function's arguments, as far as it takes them.
 
     Parameters are matched by name when the callable uses the function's names (so it
@@ -46,6 +47,8 @@ class CachedFunction:
     ``obj.method(x)`` (and ``Class.method.cache_key(obj, x)`` as well).
     """
 
+    __qualname__: str  # copied from the function by functools.update_wrapper()
+
     def __init__(self, func: Callable[..., Any], ttl: float | None, backend: BaseCache | None,
                  tags: TagsSpec, key: KeySpec, singleflight: bool) -> None:
         if backend is not None and not isinstance(backend, BaseCache):
@@ -60,7 +63,7 @@ class CachedFunction:
         self.singleflight = singleflight
         self._key_of = _argument_caller(key, self.signature) if key is not None else None
         if callable(tags):
-            self._tags_of: Callable[[inspect.BoundArguments], Any] = _argument_caller(
+            self._tags_of: Callable[[inspect.BoundArguments], Iterable[str]] = _argument_caller(
                 tags, self.signature)
         else:
             fixed = check_tags(tags or ())
@@ -70,13 +73,14 @@ class CachedFunction:
     def backend(self) -> BaseCache:
         return self.explicit_backend or get_default_backend()
 
-    def resolve(self, args: tuple, kwargs: dict) -> tuple[str, Iterable[str]]:
+    def resolve(self, args: tuple[Any, ...], kwargs: dict[str, Any]
+                ) -> tuple[str, Iterable[str]]:
         """The key and tags of one call; the backend validates the tags (and remembers
         the lists it has seen, so a hit does not check them again)."""
         bound = self._bind(args, kwargs)
         return self._key(bound), self._tags_of(bound)
 
-    def _bind(self, args: tuple, kwargs: dict) -> inspect.BoundArguments:
+    def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> inspect.BoundArguments:
         bound = self.signature.bind(*args, **kwargs)
         bound.apply_defaults()
         return bound
@@ -106,7 +110,17 @@ class CachedFunction:
         """Drop the cached result of this call only."""
         self.backend.delete(self.cache_key(*args, **kwargs))
 
-    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+    async def adelete(self, *args: Any, **kwargs: Any) -> None:
+        """Async :meth:`delete`."""
+        await self.backend.adelete(self.cache_key(*args, **kwargs))
+
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> Self: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> _Bound: ...
+
+    def __get__(self, instance: object, owner: type | None = None) -> Self | _Bound:
         return self if instance is None else _Bound(self, instance)
 
     def __repr__(self) -> str:
@@ -116,7 +130,7 @@ class CachedFunction:
 class _Bound:
     """A cached function bound to an instance (or, for a classmethod, a class)."""
 
-    def __init__(self, function: CachedFunction, target: Any) -> None:
+    def __init__(self, function: CachedFunction, target: object) -> None:
         self.__func__ = function
         self.__self__ = target
 
@@ -129,18 +143,30 @@ class _Bound:
     def delete(self, *args: Any, **kwargs: Any) -> None:
         self.__func__.delete(self.__self__, *args, **kwargs)
 
+    async def adelete(self, *args: Any, **kwargs: Any) -> None:
+        await self.__func__.adelete(self.__self__, *args, **kwargs)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.__func__, name)
 
 
-class _CachedClassMethod(classmethod):
+if TYPE_CHECKING:
+    _ClassMethod = classmethod[Any, ..., Any]  # generic in the stubs only
+else:
+    _ClassMethod = classmethod
+
+
+class _CachedClassMethod(_ClassMethod):
     """``@cache`` applied over ``@classmethod``: still a classmethod, binding the class
     itself, whatever the Python version does with descriptors inside ``classmethod``."""
 
     __func__: CachedFunction
 
-    def __get__(self, instance: Any, owner: type | None = None) -> _Bound:
-        return _Bound(self.__func__, owner if owner is not None else type(instance))
+    def __get__(self, instance: object, owner: type | None = None) -> _Bound:
+        # mypy applies CachedFunction.__get__ to the attribute, but classmethod stores
+        # the CachedFunction itself and returns it unbound.
+        function = cast(CachedFunction, self.__func__)
+        return _Bound(function, owner if owner is not None else type(instance))
 
 
 @overload
@@ -186,8 +212,9 @@ def cache(func: Any = None, /, *, ttl: float | None = None, backend: BaseCache |
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
             return await cached.acall(*args, **kwargs)
 
-        wrapper.cache_key = cached.cache_key  # type: ignore[attr-defined]
-        wrapper.delete = cached.delete  # type: ignore[attr-defined]
+        # Function attributes, which mypy does not model: set them in the function's dict.
+        vars(wrapper).update(cache_key=cached.cache_key, delete=cached.delete,
+                             adelete=cached.adelete)
         return wrapper
 
     if func is not None:
