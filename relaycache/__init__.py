@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .orm.invalidation import invalidate_tables
     from .orm.queryset import CachedManager, CachedQuerySet, CachedQuerySetMixin
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 __all__ = [
     "BaseCache",

@@ -3,7 +3,7 @@ query was not cached.
 
     DEBUG_TOOLBAR_PANELS = [..., "relaycache.debug_panel.RelayCachePanel"]
 
-Needs the ``debug-toolbar`` extra (``pip install relaycache[debug-toolbar]``).
+Needs the ``debug-toolbar`` extra (``pip install "django-relaycache[debug-toolbar]"``).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ class Zstd:
             import zstandard
         except ImportError as exc:
             raise ImportError(
-                "compression needs the zstandard package: pip install 'relaycache[zstd]'"
+                "compression needs the zstandard package: pip install 'django-relaycache[zstd]'"
             ) from exc
         if min_size < 0:
             raise ValueError("min_size must be >= 0")
