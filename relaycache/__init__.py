@@ -22,6 +22,7 @@ from .core.stats import Stats
 if TYPE_CHECKING:
     from .orm.invalidation import invalidate_tables
     from .orm.queryset import CachedManager, CachedQuerySet, CachedQuerySetMixin
+    from .orm.targets import invalidate_model, invalidate_obj
 
 __version__ = "0.2.0.dev0"
 
@@ -41,6 +42,8 @@ __all__ = [
     "cache",
     "get_default_backend",
     "invalidate",
+    "invalidate_model",
+    "invalidate_obj",
     "invalidate_tables",
     "register_type",
     "remove_listener",
@@ -48,7 +51,8 @@ __all__ = [
 ]
 
 _ORM_NAMES = {"CachedManager": "queryset", "CachedQuerySet": "queryset",
-              "CachedQuerySetMixin": "queryset", "invalidate_tables": "invalidation"}
+              "CachedQuerySetMixin": "queryset", "invalidate_tables": "invalidation",
+              "invalidate_model": "targets", "invalidate_obj": "targets"}
 
 
 def __getattr__(name: str) -> object:

@@ -20,7 +20,6 @@ import json
 import time
 from typing import Any
 
-from django.apps import apps
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
@@ -28,22 +27,10 @@ from relaycache.backends.base import BaseCache
 from relaycache.backends.introspect import STORE_MEMORY, inspect_entry, storage_summary
 from relaycache.core.defaults import get_default_backend
 from relaycache.core.keys import check_tags
-from relaycache.orm.invalidation import database_tag, table_tag
+from relaycache.orm.invalidation import database_tag
+from relaycache.orm.targets import model_tags, resolve_model
 
 # -- helpers -----------------------------------------------------------------------
-
-def model_tables(model: Any) -> list[str]:
-    """The tables a model's rows live in: its own, its parents' (multi-table
-    inheritance) and the auto-created through tables of its many-to-many fields."""
-    meta = model._meta.concrete_model._meta
-    tables = [meta.db_table]
-    tables += [parent._meta.db_table for parent in meta.get_parent_list()]
-    for field in meta.local_many_to_many:
-        through = field.remote_field.through
-        if through is not None and through._meta.auto_created:
-            tables.append(through._meta.db_table)
-    return tables
-
 
 def _short(text: str, width: int = 100) -> str:
     """Tags may be 512 characters long: keep text output readable (JSON has them whole)."""
@@ -126,8 +113,8 @@ class Command(BaseCommand):
 
     def _model(self, label: str) -> Any:
         try:
-            return apps.get_model(label)
-        except (LookupError, ValueError) as exc:
+            return resolve_model(label)
+        except LookupError as exc:
             raise CommandError(f"unknown model {label!r}: give app_label.ModelName "
                                f"({exc})") from None
 
@@ -140,8 +127,7 @@ class Command(BaseCommand):
                 raise CommandError("--all cannot be combined with --tag or --model")
             tags = [database_tag(alias) for alias in connections]
         for model in models:
-            tags += [table_tag(table, alias) for alias in connections
-                     for table in model_tables(model)]
+            tags += [tag for alias in connections for tag in model_tags(model, alias)]
         if not tags:
             raise CommandError("nothing to invalidate: give --tag TAG, "
                                "--model app_label.Model or --all")
