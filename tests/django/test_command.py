@@ -88,7 +88,18 @@ def test_invalidate_tags(default_backend: BaseCache) -> None:
 
 def test_invalidate_json_output(default_backend: BaseCache) -> None:
     data = run_json("invalidate", "--tag", "z", "--tag", "y", "--tag", "z")
-    assert data == {"backend": repr(default_backend), "invalidated": ["y", "z"]}
+    assert data == {"backend": repr(default_backend), "invalidated": ["y", "z"],
+                    "this_process_only": not default_backend.shared}
+
+
+def test_invalidate_warns_that_a_private_backend_is_this_process_only() -> None:
+    for backend, warned in ((InMemoryCache(), True), (MinimalCache(), False)):
+        err = StringIO()
+        with use_backend(backend):
+            call_command("relaycache", "invalidate", "--tag", "a", stdout=StringIO(),
+                         stderr=err)
+        assert ("private to this process: a running server's cache was not reached"
+                in err.getvalue()) is warned
 
 
 def test_invalidate_model_tags_cover_tables_and_every_alias(

@@ -145,9 +145,17 @@ class Command(BaseCommand):
                 f"{backend!r} did not answer: {len(undelivered)} tag(s) not invalidated "
                 f"({', '.join(undelivered[:5])}{'...' if len(undelivered) > 5 else ''}); "
                 "nothing retries them once this command exits: run it again")
-        data = {"backend": repr(backend), "invalidated": tags}
+        data: dict[str, Any] = {"backend": repr(backend), "invalidated": tags,
+                                "this_process_only": not backend.shared}
         lines = [self.style.SUCCESS(f"Invalidated {len(tags)} tag(s) on {backend!r}:"),
                  *(f"  {tag}" for tag in tags)]
+        if not backend.shared:
+            # From manage.py this is a process of its own: say so rather than let a
+            # success line suggest the server's cache was reached.
+            self.stderr.write(self.style.WARNING(
+                f"{backend!r} is private to this process: a running server's cache was not "
+                "reached. Use a shared backend (RELAYCACHE['BACKEND'] = 'redis://...'), or "
+                "call relaycache.invalidate() inside the server."))
         return data, lines
 
     # -- stats ------------------------------------------------------------------------
