@@ -57,15 +57,34 @@ def get_books_all_except(slug):
     )
 
 
-def books_in_genre(slug, limit=50):
+BOOKS_PER_PAGE = 25
+
+
+def genre_books(slug):
     """The same kind of listing with no tags to maintain: the ORM layer caches the rows
-    and any write to the tables the query reads invalidates it."""
-    return list(
+    and any write to the tables the query reads invalidates it.
+
+    Lazy: the genre page hands it to a ``Paginator``, whose ``count()`` and each page's
+    slice are cached queries of their own. Ordered by title, then id, so that pages
+    never overlap when two titles are equal."""
+    return (
         Book.objects.cached()
         .filter(genres__genre__slug=slug)
-        .order_by("title")
-        .values("id", "title", "author", "publication_date", "is_featured")[:limit]
+        .order_by("title", "id")
+        .values("id", "title", "author", "publication_date", "is_featured")
     )
+
+
+def books_in_genre(slug, limit=50):
+    """The first ``limit`` books of :func:`genre_books`, as a list."""
+    return list(genre_books(slug)[:limit])
+
+
+def page_of_book(slug, book):
+    """The page of the genre's listing that shows ``book`` (a cached count)."""
+    before = genre_books(slug).filter(
+        Q(title__lt=book.title) | Q(title=book.title, id__lt=book.id)).count()
+    return before // BOOKS_PER_PAGE + 1
 
 
 class BookService:

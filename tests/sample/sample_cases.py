@@ -37,6 +37,7 @@ from books.services import (
 )
 from django.conf import settings
 from django.core.management import CommandError, call_command
+from django.db.models import Count
 from django.test import Client
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -105,10 +106,68 @@ def cache_ms(response) -> float:
     return float(found[1])
 
 
+BOOK_ROW = re.compile(r'<tr id="book-(\d+)"><td><a href="/book/(\d+)/">(.*?)</a></td>'
+                      r"<td>(.*?)</td><td>(.*?)</td><td>(★?)</td></tr>")
+
+
+def book_rows(response) -> list[dict]:
+    """The rows of the genre page's ``#books`` table."""
+    block = re.search(r'<table id="books">(.*?)</table>', response.content.decode(), re.S)
+    assert block, response.content.decode()
+    rows = []
+    for row_id, link_id, title, author, published, star in BOOK_ROW.findall(block[1]):
+        assert row_id == link_id
+        rows.append({"id": int(row_id), "title": html.unescape(title),
+                     "author": html.unescape(author), "published": html.unescape(published),
+                     "featured": star == "★"})
+    assert block[1].count("<tr") == len(rows) + 1, block[1]  # the header, then books
+    return rows
+
+
 def table_rows(response) -> list[tuple[str, str, str]]:
-    text = response.content.decode()
-    rows = re.findall(r"<tr><td>(.*?)</td><td>(.*?)</td><td>(.*?)</td></tr>", text)
-    return [tuple(html.unescape(cell) for cell in row) for row in rows]
+    return [(row["title"], row["author"], row["published"]) for row in book_rows(response)]
+
+
+def hits_and_misses(response) -> tuple[int, int]:
+    found = re.search(r"\((\d+) hits?, (\d+) miss(?:es)?\)", response.content.decode())
+    assert found, response.content.decode()
+    return int(found[1]), int(found[2])
+
+
+READ_ROW = re.compile(r'<tr class="read (\w+)"><td><span class="badge (\w+)">(\w+)</span>'
+                      r'</td><td><code class="(\w+)">(.*?)</code>.*?</td>'
+                      r'<td class="tags">(.*?)</td></tr>', re.S)
+
+
+def cached_reads(response) -> list[dict]:
+    """The page's "Cached reads of this request" table, one dict per read."""
+    block = re.search(r'<section id="cache-reads">(.*?)</section>', response.content.decode(),
+                      re.S)
+    assert block, response.content.decode()
+    reads = []
+    for kind, badge_class, outcome, code_class, label, tags in READ_ROW.findall(block[1]):
+        assert badge_class == outcome
+        assert code_class == {"query": "sql", "function": "call", "entry": "key"}[kind]
+        tags = html.unescape(tags)
+        reads.append({"kind": kind, "outcome": outcome, "label": html.unescape(label),
+                      "tags": [] if tags == "—" else tags.split(", ")})
+    if not reads:
+        assert "<p>None.</p>" in block[1]
+    return reads
+
+
+def page_links(response) -> dict[str, str]:
+    """The genre page's pagination links: text -> href."""
+    nav = re.search(r'<nav id="pages">(.*?)</nav>', response.content.decode(), re.S)
+    assert nav, response.content.decode()
+    return {html.unescape(text): html.unescape(href)
+            for href, text in re.findall(r'<a href="([^"]+)"[^>]*>(.*?)</a>', nav[1])}
+
+
+def page_summary(response) -> str:
+    found = re.search(r'<span id="page-summary">(.*?)</span>', response.content.decode())
+    assert found, response.content.decode()
+    return html.unescape(found[1])
 
 
 def featured_items(response) -> list[str]:
@@ -233,7 +292,7 @@ def test_book_list_page_shows_the_genre(client, seeded):
         text = response.content.decode()
         assert f'<h1 id="genre-name">{html.escape(genre.name)}</h1>' in text
         assert f"<title>{html.escape(genre.name)} · RelayCache sample</title>" in text
-        expected = list(Book.objects.filter(genres__genre=genre).order_by("title")[:50])
+        expected = list(Book.objects.filter(genres__genre=genre).order_by("title", "id")[:25])
         rows = table_rows(response)
         assert rows, "a genre with books shows book rows"
         assert [title for title, _, _ in rows] == [b.title for b in expected]
@@ -245,7 +304,8 @@ def test_book_list_page_shows_the_genre(client, seeded):
         assert badge(response) == "miss"
         again = client.get(f"/genre/{genre.slug}/")
         assert badge(again) == "hit"
-        assert "(2 hits, 0 misses)" in again.content.decode()
+        # the genre, the paginator's count, the page's rows, get_books_top
+        assert "(4 hits, 0 misses)" in again.content.decode()
         assert table_rows(again) == rows
         assert featured_items(again) == featured_items(response)
 
@@ -272,7 +332,13 @@ def test_orm_write_turns_the_page_fresh(client, seeded):
     book.save()
     response = client.get(url)
     assert badge(response) == "miss"
-    assert "(0 hits, 2 misses)" in response.content.decode()
+    # The genre lookup reads books_genre only: still a hit. The count, the page's
+    # rows (both read books_book) and get_books_top (signals.py) miss.
+    assert "(1 hit, 3 misses)" in response.content.decode()
+    reads = cached_reads(response)
+    assert (reads[0]["kind"], reads[0]["outcome"]) == ("query", "hit")
+    assert reads[0]["tags"] == ["db:default", "table:default:books_genre"]
+    assert [r["outcome"] for r in reads[1:]] == ["miss"] * 3
     assert table_rows(response)[0][0] == "1 renamed by save"
     assert badge(client.get(url)) == "hit"
 
@@ -307,6 +373,378 @@ def test_genre_rename_shows_on_both_pages(client, seeded):
     assert "Renamed Genre" in [name for _, name, _ in index_genres(client.get("/"))]
     assert '<h1 id="genre-name">Renamed Genre</h1>' in client.get(
         f"/genre/{genre.slug}/").content.decode()
+
+
+# -- pagination ----------------------------------------------------------------------
+
+PER_PAGE = 25
+PREVIOUS, NEXT = "\u2039 previous", "next \u203a"  # as the page spells them
+
+
+def walk_pages(client, slug: str) -> list:
+    """Every page of a genre, followed through its NEXT links from page 1."""
+    pages, url = [], f"/genre/{slug}/"
+    while url is not None:
+        response = client.get(url if url.startswith("/") else f"/genre/{slug}/{url}")
+        assert response.status_code == 200
+        pages.append(response)
+        assert len(pages) < 100
+        url = page_links(response).get(NEXT)
+    return pages
+
+
+def test_genre_pages_list_every_book(client):
+    seed(200, 3, 4, "--no-progress")
+    genre = Genre.objects.annotate(n=Count("bookgenre")).order_by("-n").first()
+    expected = list(Book.objects.filter(genres__genre=genre).order_by("title", "id")
+                    .values_list("id", "title"))
+    assert len(expected) > 2 * PER_PAGE  # several pages
+
+    pages = walk_pages(client, genre.slug)
+    num_pages = math.ceil(len(expected) / PER_PAGE)
+    assert len(pages) == num_pages
+    listed = [(row["id"], row["title"]) for page in pages for row in book_rows(page)]
+    assert listed == expected  # all of them, once each, in order
+    for number, page in enumerate(pages, 1):
+        rows = book_rows(page)
+        assert len(rows) == min(PER_PAGE, len(expected) - (number - 1) * PER_PAGE)
+        first = (number - 1) * PER_PAGE + 1
+        assert page_summary(page) == (f"Page {number} of {num_pages} · books "
+                                      f"{first}\u2013{first + len(rows) - 1} of {len(expected)}")
+        links = page_links(page)
+        assert (PREVIOUS in links) == (number > 1)
+        assert (NEXT in links) == (number < num_pages)
+        assert links.get("1", "?page=1") == "?page=1"
+        assert f'<strong>{number}</strong>' in page.content.decode()
+        # each page is a cached query of its own: the first visit of page 2 and later
+        # misses its rows, but hits the genre, the count and get_books_top
+        assert badge(page) == "miss"
+        reads = cached_reads(page)
+        outcomes = [r["outcome"] for r in reads]
+        assert outcomes == (["miss"] * 4 if number == 1 else ["hit", "hit", "miss", "hit"])
+        rows_sql = reads[2]["label"]
+        assert "LIMIT" in rows_sql and ("OFFSET" in rows_sql) == (number > 1)
+
+    # Every page again: all hits, the same rows.
+    for number, page in enumerate(pages, 1):
+        again = client.get(f"/genre/{genre.slug}/?page={number}")
+        assert badge(again) == "hit"
+        assert hits_and_misses(again) == (4, 0)
+        assert book_rows(again) == book_rows(page)
+
+    # Out of range or not a number: the last page, or the first (Paginator.get_page).
+    assert book_rows(client.get(f"/genre/{genre.slug}/?page=999")) == book_rows(pages[-1])
+    assert book_rows(client.get(f"/genre/{genre.slug}/?page=x")) == book_rows(pages[0])
+
+
+def test_genre_page_links_elide_far_pages(client):
+    seed(400, 1, 2, "--no-progress")  # one genre: every book in it, 16 pages
+    slug = Genre.objects.get().slug
+    links = page_links(client.get(f"/genre/{slug}/?page=8"))
+    assert set(links) == {PREVIOUS, NEXT, "1", "6", "7", "9", "10", "16"}
+    assert (links[PREVIOUS], links[NEXT]) == ("?page=7", "?page=9")
+    text = client.get(f"/genre/{slug}/?page=8").content.decode()
+    assert text.count("<span>…</span>") == 2
+
+
+def test_empty_genre_has_one_empty_page(client):
+    seed(0, 2, 1)
+    genre = Genre.objects.first()
+    response = client.get(f"/genre/{genre.slug}/")
+    assert response.status_code == 200
+    assert book_rows(response) == []
+    assert page_links(response) == {}
+    assert page_summary(response).startswith("Page 1 of 1 ·")
+
+
+# -- the list of cached reads ----------------------------------------------------------
+
+def test_cached_reads_are_listed_with_tags(client, seeded):
+    genre = genre_with_books()
+    response = client.get(f"/genre/{genre.slug}/")
+    reads = cached_reads(response)
+    assert [r["kind"] for r in reads[:3:2]] == ["query", "query"]
+    assert [r["outcome"] for r in reads] == ["miss"] * 4
+    assert hits_and_misses(response) == (0, len(reads))
+    genre_read, count_read, rows_read, top_read = reads
+    assert genre_read["label"].startswith("SELECT") and "books_genre" in genre_read["label"]
+    assert genre_read["tags"] == ["db:default", "table:default:books_genre"]
+    assert rows_read["label"].startswith("SELECT") and "LIMIT" in rows_read["label"]
+    assert set(rows_read["tags"]) == {"db:default", "table:default:books_genre",
+                                      "table:default:books_book",
+                                      "table:default:books_bookgenre"}
+    # the Paginator's count(): listed with its SQL and tags once RelayCache reports
+    # them for counts, with its key until then
+    assert count_read["kind"] in ("query", "entry")
+    if count_read["kind"] == "entry":
+        assert count_read["label"].startswith("orm:") and count_read["tags"] == []
+    assert top_read == {"kind": "function", "outcome": "miss",
+                        "label": f"@cache get_books_top('{genre.slug}')",
+                        "tags": ["book_listings", "books", f"books_top:{genre.slug}"]}
+
+    again = cached_reads(client.get(f"/genre/{genre.slug}/"))
+    assert [r["outcome"] for r in again] == ["hit"] * 4
+    assert [(r["kind"], r["label"], r["tags"]) for r in again] == [
+        (r["kind"], r["label"], r["tags"]) for r in reads]
+
+    index = cached_reads(client.get("/"))
+    assert [(r["kind"], r["outcome"]) for r in index] == [("query", "miss")]
+    assert [r["outcome"] for r in cached_reads(client.get("/"))] == ["hit"]
+    assert set(index[0]["tags"]) == {"db:default", "table:default:books_genre",
+                                     "table:default:books_bookgenre"}
+
+
+def test_cached_reads_of_an_empty_request(client):
+    response = client.get("/genre/no-such-genre/")
+    assert response.status_code == 404
+    reads = cached_reads(client.get("/"))
+    assert [(r["kind"], r["outcome"]) for r in reads] == [("query", "miss")]
+
+
+def test_meter_keeps_its_own_thread():
+    """The listener list is process-wide: a meter ignores other threads' reads (the
+    dev server answers requests in threads)."""
+    import threading
+
+    from books.meter import CacheMeter
+
+    seed(10, 2, 2, "--no-progress")
+    with CacheMeter() as meter:
+        worker = threading.Thread(target=lambda: list(Genre.objects.cached().all()))
+        worker.start()
+        worker.join()
+        assert meter.reads == []
+        list(Genre.objects.cached().all())
+    assert [(r.kind, r.outcome) for r in meter.reads] == [("query", "hit")]
+    assert (meter.badge, meter.hits, meter.misses) == ("hit", 1, 0)  # this thread's only
+
+
+# -- editing a book --------------------------------------------------------------------
+
+@pytest.fixture
+def csrf_client():
+    return Client(enforce_csrf_checks=True)
+
+
+def form_token(response) -> str:
+    found = re.search(r'<input type="hidden" name="csrfmiddlewaretoken" value="([^"]+)">',
+                      response.content.decode())
+    assert found, response.content.decode()
+    return found[1]
+
+
+def form_data(book: Book, token: str, **changes) -> dict:
+    data = {"title": book.title, "author": book.author,
+            "publication_date": book.publication_date.isoformat(),
+            "csrfmiddlewaretoken": token, **changes}
+    featured = data.pop("is_featured", book.is_featured)
+    if featured:
+        data["is_featured"] = "on"
+    return data
+
+
+def messages_of(response) -> list[str]:
+    block = re.search(r'<ul id="messages">(.*?)</ul>', response.content.decode(), re.S)
+    return [] if block is None else [html.unescape(m)
+                                     for m in re.findall(r"<li[^>]*>(.*?)</li>", block[1])]
+
+
+def detail_title(response) -> str:
+    found = re.search(r'<h1 id="book-title">(.*?)</h1>', response.content.decode())
+    assert found, response.content.decode()
+    return html.unescape(found[1])
+
+
+def test_book_page_shows_the_book_and_its_form(client, seeded):
+    book = Book.objects.filter(genres__isnull=False).first()
+    response = client.get(f"/book/{book.id}/")
+    assert response.status_code == 200
+    text = response.content.decode()
+    assert detail_title(response) == book.title
+    assert f"<title>{html.escape(book.title)} · RelayCache sample</title>" in text
+    assert '<form method="post" id="edit-book">' in text
+    assert 'name="csrfmiddlewaretoken"' in text
+    assert f'value="{html.escape(book.title)}"' in text
+    assert f'value="{book.publication_date.isoformat()}"' in text
+    assert "A demo: anyone can edit here, no login." in text
+    details = BookService.get_book_details.func(book.id)
+    assert html.escape(", ".join(details["publishers"])) in text
+    for genre in Genre.objects.filter(bookgenre__book=book):
+        assert re.search(rf'<a href="/genre/{genre.slug}/\?page=\d+#book-{book.id}">'
+                         rf"{re.escape(html.escape(genre.name))}</a>", text)
+    reads = cached_reads(response)
+    assert [r["outcome"] for r in reads] == ["miss"] * len(reads)
+    # get_book_details is a singleflight: it looks twice, listed and counted once
+    assert hits_and_misses(response) == (0, len(reads))
+    assert reads[0]["kind"] == "query" and reads[0]["tags"] == ["db:default",
+                                                                 "table:default:books_book"]
+    assert reads[1] == {"kind": "function", "outcome": "miss",
+                        "label": f"@cache get_book_details({book.id})",
+                        "tags": [f"book:{book.id}", "books"]}
+    again = client.get(f"/book/{book.id}/")
+    assert badge(again) == "hit"
+    assert [r["outcome"] for r in cached_reads(again)] == ["hit"] * len(reads)
+    assert hits_and_misses(again) == (len(reads), 0)
+
+
+def test_book_page_genre_links_find_the_book(client):
+    seed(200, 2, 3, "--no-progress")
+    for book in Book.objects.order_by("?")[:5]:
+        text = client.get(f"/book/{book.id}/").content.decode()
+        links = re.findall(r'<a href="(/genre/[\w-]+/\?page=\d+)#book-(\d+)">', text)
+        assert len(links) == BookGenre.objects.filter(book=book).count()
+        for url, book_id in links:
+            assert int(book_id) == book.id
+            assert book.id in [row["id"] for row in book_rows(client.get(url))]
+
+
+def test_edit_invalidates_and_shows_the_new_value(csrf_client, seeded):
+    client = csrf_client
+    genre = genre_with_books()
+    book = (Book.objects.filter(genres__genre=genre, is_featured=False).order_by("title")
+            .last())
+    if book is None:
+        book = new_book("Plain")
+        BookGenre.objects.create(book=book, genre=genre)
+    genre_url, book_url = f"/genre/{genre.slug}/", f"/book/{book.id}/"
+
+    # Everything cached first: the index, the genre page, the book page.
+    client.get("/")
+    client.get(genre_url)
+    page = client.get(book_url)
+    assert badge(client.get("/")) == "hit"
+    assert badge(client.get(genre_url)) == "hit"
+    assert badge(client.get(book_url)) == "hit"
+    token = form_token(page)
+
+    # Without the CSRF token: refused, nothing written.
+    refused = client.post(book_url, form_data(book, "", title="Hacked"))
+    assert refused.status_code == 403
+    assert Book.objects.get(pk=book.pk).title == book.title
+    assert badge(client.get(book_url)) == "hit"
+
+    # Saved: a redirect back to the book page (POST/redirect/GET).
+    saved = client.post(book_url, form_data(book, token, title="0 Edited on the page",
+                                            is_featured=True))
+    assert saved.status_code == 302 and saved["Location"] == book_url
+    fresh = Book.objects.get(pk=book.pk)
+    assert (fresh.title, fresh.is_featured) == ("0 Edited on the page", True)
+
+    # The page it lands on misses, shows the new values at once and says why.
+    landed = client.get(book_url)
+    assert badge(landed) == "miss"
+    assert detail_title(landed) == "0 Edited on the page"
+    assert '<td id="book-featured">yes</td>' in landed.content.decode()
+    assert 'value="0 Edited on the page"' in landed.content.decode()
+    [message] = messages_of(landed)
+    assert message.startswith("Saved “0 Edited on the page”. The write invalidated ")
+    assert "table:default:books_book" in message and f"book:{book.id}" in message
+    reads = cached_reads(landed)
+    assert reads[0]["outcome"] == "miss" and "books_book" in reads[0]["label"]
+    assert reads[1]["label"] == f"@cache get_book_details({book.id})"
+    assert reads[1]["outcome"] == "miss"
+
+    # Reload: every read hits, the message is gone, the value stays.
+    reloaded = client.get(book_url)
+    assert badge(reloaded) == "hit"
+    assert messages_of(reloaded) == []
+    assert detail_title(reloaded) == "0 Edited on the page"
+
+    # The genre page: its rows and the featured list miss once and show the edit
+    # (first by title, now featured); the genre lookup, which reads no books, hits.
+    listing = client.get(genre_url)
+    assert badge(listing) == "miss"
+    assert hits_and_misses(listing) == (1, 3)
+    first = book_rows(listing)[0]
+    assert (first["id"], first["title"], first["featured"]) == (
+        book.id, "0 Edited on the page", True)
+    assert "0 Edited on the page" in featured_items(listing)
+    assert badge(client.get(genre_url)) == "hit"
+
+    # The index counts books per genre (books_genre, books_bookgenre): a title edit
+    # does not touch those tables, so it still hits.
+    assert badge(client.get("/")) == "hit"
+
+
+def test_edit_with_errors_writes_nothing(csrf_client, seeded):
+    book = Book.objects.first()
+    url = f"/book/{book.id}/"
+    token = form_token(csrf_client.get(url))
+    csrf_client.get(url)
+    response = csrf_client.post(url, form_data(book, token, title="",
+                                               publication_date="not a date"))
+    assert response.status_code == 200
+    text = response.content.decode()
+    assert text.count('class="errorlist') == 2
+    assert "This field is required." in text and "Enter a valid date." in text
+    assert Book.objects.get(pk=book.pk).title == book.title
+    assert badge(response) == "hit"  # nothing was written: nothing invalidated
+    assert messages_of(response) == []
+
+
+def test_edit_without_changes_writes_nothing(csrf_client, seeded):
+    book = Book.objects.first()
+    url = f"/book/{book.id}/"
+    token = form_token(csrf_client.get(url))
+    response = csrf_client.post(url, form_data(book, token))
+    assert response.status_code == 302 and response["Location"] == url
+    landed = csrf_client.get(url)
+    assert messages_of(landed) == [
+        "Nothing changed: nothing written, nothing invalidated."]
+    assert badge(landed) == "hit"
+
+
+def test_edit_featured_flag_updates_the_featured_list(csrf_client, seeded):
+    """is_featured feeds get_books_top, an @cache service with explicit tags: the
+    sample's signal handlers drop it on save, so the Featured list follows too."""
+    genre = genre_with_books()
+    book = Book.objects.filter(genres__genre=genre).order_by("title", "id").first()
+    url = f"/book/{book.id}/"
+    token = form_token(csrf_client.get(url))
+    for featured in (not book.is_featured, book.is_featured):
+        csrf_client.get(f"/genre/{genre.slug}/")
+        assert csrf_client.post(url, form_data(book, token, is_featured=featured)
+                                ).status_code == 302
+        listing = csrf_client.get(f"/genre/{genre.slug}/")
+        assert badge(listing) == "miss"
+        top = top_query(genre.slug)
+        assert (book.id in {b["id"] for b in top}) is featured
+        assert featured_items(listing) == ([b["title"] for b in top[:10]]
+                                           or ["None featured."])
+        assert book_rows(listing)[0]["id"] == book.id
+        assert book_rows(listing)[0]["featured"] is featured
+
+
+def test_book_page_methods_and_unknown_ids(client, seeded):
+    book = Book.objects.first()
+    assert client.put(f"/book/{book.id}/").status_code == 405
+    assert client.delete(f"/book/{book.id}/").status_code == 405
+    assert client.head(f"/book/{book.id}/").status_code == 200
+    missing = Book.objects.order_by("-id").first().id + 1000
+    assert client.get(f"/book/{missing}/").status_code == 404
+    assert client.post(f"/book/{missing}/", {"title": "x"}).status_code == 404
+    assert not Book.objects.filter(pk=missing).exists()
+
+
+def test_footer_says_how_to_reach_the_admin(client, seeded):
+    genre = genre_with_books()
+    for url in ("/", f"/genre/{genre.slug}/",
+                f"/book/{Book.objects.filter(genres__genre=genre).first().id}/"):
+        footer = re.search(r'<footer id="footer">(.*?)</footer>',
+                           client.get(url).content.decode(), re.S)
+        assert footer, url
+        assert '<a href="/admin/">/admin/</a>' in footer[1]
+        assert "<code>.venv/bin/python sample_books/manage.py createsuperuser</code>" in footer[1]
+        assert "anyone can edit books here" in footer[1]
+
+
+def test_admin_lists_books_for_a_superuser(client, django_user_model, seeded):
+    admin = django_user_model.objects.create_superuser("admin", "admin@example.com", "pw")
+    client.force_login(admin)
+    book = Book.objects.first()
+    response = client.get("/admin/books/book/", {"q": book.isbn})
+    assert response.status_code == 200
+    assert html.escape(book.title) in response.content.decode()
 
 
 # -- the clear-cache endpoint --------------------------------------------------------

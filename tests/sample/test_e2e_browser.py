@@ -34,6 +34,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 BOOKS = 200
+PER_PAGE = 25
 
 
 def _wait_until_serving(proc: subprocess.Popen, base_url: str, log: Path) -> None:
@@ -136,13 +137,30 @@ def _badge(driver) -> str:
 
 
 def _titles_in_genre(db_path: Path, slug: str) -> list[str]:
-    """What the page must list: the database's own answer, read with sqlite3."""
+    """What the genre's first page must list: the database's own answer, read with
+    sqlite3."""
     with sqlite3.connect(db_path) as db:
         rows = db.execute(
             "SELECT b.title FROM books_book b JOIN books_bookgenre bg ON bg.book_id = b.id "
             "JOIN books_genre g ON g.id = bg.genre_id WHERE g.slug = ? "
-            "ORDER BY b.title LIMIT 50", (slug,)).fetchall()
+            "ORDER BY b.title, b.id LIMIT ?", (slug, PER_PAGE)).fetchall()
     return [title for (title,) in rows]
+
+
+def _book_in_db(db_path: Path, book_id: int) -> tuple[str, bool]:
+    with sqlite3.connect(db_path) as db:
+        title, featured = db.execute("SELECT title, is_featured FROM books_book WHERE id = ?",
+                                     (book_id,)).fetchone()
+    return title, bool(featured)
+
+
+def _reads(driver) -> list[tuple[str, str]]:
+    """(outcome, read) of each row of the page's cached-reads table."""
+    from selenium.webdriver.common.by import By
+
+    rows = driver.find_elements(By.CSS_SELECTOR, "#cached-queries tr.read")
+    return [(row.find_element(By.CSS_SELECTOR, ".badge").text,
+             row.find_elements(By.TAG_NAME, "td")[1].text) for row in rows]
 
 
 def test_browse_genres_in_chromium(sample_server, browser):
@@ -181,9 +199,10 @@ def test_browse_genres_in_chromium(sample_server, browser):
 
         rows = browser.find_elements(By.CSS_SELECTOR, "#books tr")[1:]  # after the header
         titles = [row.find_elements(By.TAG_NAME, "td")[0].text for row in rows]
-        assert len(rows) == min(count, 50)
-        assert all(len(row.find_elements(By.TAG_NAME, "td")) == 3 for row in rows)
-        assert all(cell.text for row in rows for cell in row.find_elements(By.TAG_NAME, "td"))
+        assert len(rows) == min(count, PER_PAGE)
+        assert all(len(row.find_elements(By.TAG_NAME, "td")) == 4 for row in rows)
+        assert all(cell.text for row in rows
+                   for cell in row.find_elements(By.TAG_NAME, "td")[:3])
         assert titles == _titles_in_genre(db_path, slug)
         assert browser.find_elements(By.CSS_SELECTOR, "#featured li")
 
@@ -213,3 +232,81 @@ def test_browse_genres_in_chromium(sample_server, browser):
         browser.refresh()
         assert _badge(browser) == "hit"
 
+
+
+def test_edit_round_trip_in_chromium(sample_server, browser):
+    """Open a book from its genre page, edit it in the form, save: the page it lands
+    on misses and shows the new title, a reload hits, and the genre page (the link on
+    the book page leads to the page and row of the book) shows the edit too."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base_url, db_path = sample_server
+    wait = WebDriverWait(browser, 20)
+    with sqlite3.connect(db_path) as db:
+        (slug,) = db.execute(
+            "SELECT g.slug FROM books_genre g JOIN books_bookgenre bg ON bg.genre_id = g.id "
+            "GROUP BY g.id ORDER BY COUNT(*) DESC, g.slug LIMIT 1").fetchone()
+
+    browser.get(f"{base_url}/genre/{slug}/")
+    last_row = browser.find_elements(By.CSS_SELECTOR, "#books tr")[-1]
+    link = last_row.find_element(By.TAG_NAME, "a")
+    old_title = link.text
+    book_id = int(last_row.get_attribute("id").removeprefix("book-"))
+    _, was_featured = _book_in_db(db_path, book_id)
+    link.click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "book-title"), old_title))
+    book_url = f"{base_url}/book/{book_id}/"
+    assert browser.current_url == book_url
+    assert "A demo: anyone can edit here" in _text(browser, ".demo")
+    assert "createsuperuser" in _text(browser, "#footer")
+    browser.refresh()
+    wait.until(ec.presence_of_element_located((By.ID, "cache-badge")))
+    assert _badge(browser) == "hit"
+    assert {outcome for outcome, _ in _reads(browser)} == {"hit"}
+
+    new_title = "0 Edited in Chromium"
+    field = browser.find_element(By.ID, "id_title")
+    field.clear()
+    field.send_keys(new_title)
+    browser.find_element(By.ID, "id_is_featured").click()  # toggle
+    browser.find_element(By.ID, "save-book").click()
+
+    # POST, redirect, GET: the same page, a miss, the new values and why.
+    wait.until(ec.text_to_be_present_in_element((By.ID, "book-title"), new_title))
+    assert browser.current_url == book_url
+    assert _text(browser, "#book-title") == new_title
+    assert _text(browser, "#book-featured") == ("no" if was_featured else "yes")
+    assert browser.find_element(By.ID, "id_title").get_attribute("value") == new_title
+    assert _badge(browser) == "miss"
+    message = _text(browser, "#messages")
+    assert message.startswith(f"Saved \u201c{new_title}\u201d. The write invalidated ")
+    assert "table:default:books_book" in message and f"book:{book_id}" in message
+    reads = _reads(browser)
+    assert reads[0][0] == "miss" and "books_book" in reads[0][1]
+    assert ("miss", f"@cache get_book_details({book_id})") in reads
+    assert _book_in_db(db_path, book_id) == (new_title, not was_featured)
+
+    # Reload: all hits, the message gone, the new title still there.
+    browser.refresh()
+    wait.until(ec.presence_of_element_located((By.ID, "cache-badge")))
+    assert _badge(browser) == "hit"
+    assert {outcome for outcome, _ in _reads(browser)} == {"hit"}
+    assert not browser.find_elements(By.ID, "messages")
+    assert _text(browser, "#book-title") == new_title
+
+    # The genre link leads to the page and row of the book: a miss, the new title
+    # first (it sorts first now), then a hit.
+    browser.find_element(By.CSS_SELECTOR, f'#book-genres a[href^="/genre/{slug}/"]').click()
+    wait.until(ec.presence_of_element_located((By.ID, f"book-{book_id}")))
+    assert browser.current_url == f"{base_url}/genre/{slug}/?page=1#book-{book_id}"
+    assert _badge(browser) == "miss"
+    first = browser.find_elements(By.CSS_SELECTOR, "#books tr")[1]
+    assert first.get_attribute("id") == f"book-{book_id}"
+    assert first.find_elements(By.TAG_NAME, "td")[0].text == new_title
+    assert first.find_elements(By.TAG_NAME, "td")[3].text == ("" if was_featured else "\u2605")
+    assert _titles_in_genre(db_path, slug)[0] == new_title
+    browser.refresh()
+    wait.until(ec.presence_of_element_located((By.ID, "cache-badge")))
+    assert _badge(browser) == "hit"

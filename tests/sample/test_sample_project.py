@@ -74,7 +74,7 @@ def test_sample(sample_run, case):
 def test_manage_py_commands(tmp_path):
     """The sample's commands as a user types them: a fresh SQLite file, migrate, seed
     (with its progress bar on the terminal), seed again, append, then the cache
-    commands."""
+    commands and the admin login the pages' footer tells of."""
     env = sample_env(sqlite_path=tmp_path / "db.sqlite3")
     manage("migrate", "--no-input", env=env)
 
@@ -106,4 +106,10 @@ def test_manage_py_commands(tmp_path):
 
     invalidated = manage("relaycache", "invalidate", "--model", "books.Book", env=env)
     assert "books_book" in invalidated.stdout
+
+    # The footer's hint for reaching the admin works as written (here non-interactive).
+    created = manage("createsuperuser", "--noinput", "--username", "admin",
+                     "--email", "admin@example.com",
+                     env={**env, "DJANGO_SUPERUSER_PASSWORD": "sample-admin-pw"})
+    assert created.stdout == "Superuser created successfully.\n"
 
