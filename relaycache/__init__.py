@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from .backends.base import BaseCache
 from .backends.memory import InMemoryCache
+from .backends.near import NearCache
 from .backends.redis import RedisCache
 from .core.breaker import CircuitBreaker
 from .core.codec import register_type
@@ -34,6 +35,7 @@ __all__ = [
     "CachedQuerySetMixin",
     "CircuitBreaker",
     "InMemoryCache",
+    "NearCache",
     "RedisCache",
     "Stats",
     "Zstd",

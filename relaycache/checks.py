@@ -12,9 +12,17 @@
   ``DATABASES``;
 - ``relaycache.W003`` (``--deploy``): the default backend is an ``InMemoryCache``,
   private to each process.
+- ``relaycache.W005``: a model with a caching manager is read through a replica alias
+  (``DATABASE_NAMESPACES`` maps it to another alias), whose reads are never stored;
+- ``relaycache.E005``: ``RELAYCACHE["FEED"]`` is malformed;
+- ``relaycache.W004``: a database ``FEED`` names has no change-feed worker
+  (``relaycache listen``) recording progress, or its worker is behind by more than
+  ``MAX_LAG`` seconds, or is not PostgreSQL. Read from the cache (one round trip), never
+  from a database, and only when ``FEED`` names databases.
 
 Not detectable, hence not checked: writes that bypass Django's connections (database
-triggers, other applications, ``psql``), routers that decide by hints rather than
+triggers, other applications, ``psql``; the change feed invalidates them, W004 watches
+the feed), routers that decide by hints rather than
 by model, and backends passed explicitly to ``@cache`` that are not registered.
 """
 
@@ -110,10 +118,11 @@ def _caching_models() -> list[type[Model]]:
 
 def check_routing(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
                   ) -> list[checks.CheckMessage]:
-    """E004: cached models whose reads and writes are routed to different namespaces."""
+    """E004: cached models whose reads and writes are routed to different namespaces;
+    W005: cached models read through a replica alias, whose reads are never stored."""
     from django.db import router
 
-    from .orm.invalidation import namespace
+    from .orm.invalidation import is_replica, namespace
 
     messages: list[checks.CheckMessage] = []
     for model in _caching_models():
@@ -131,6 +140,15 @@ def check_routing(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
                 hint=f"Map the read alias to the write alias's namespace: "
                      f"RELAYCACHE['DATABASE_NAMESPACES'] = {{{read!r}: {namespace(write)!r}}}.",
                 obj=model, id="relaycache.E004"))
+        elif is_replica(read):
+            messages.append(checks.Warning(
+                f"{model._meta.label} is cached and read through {read!r}, a replica of "
+                f"{namespace(read)!r}: reads through a replica are never stored (it may lag "
+                f"behind writes already invalidated), only served from entries that reads "
+                f"through {namespace(read)!r} stored",
+                hint=f"Send cached reads to {namespace(read)!r} (.using() or the router) "
+                     f"to fill the cache; see docs/consistency.md, \"Replicas\".",
+                obj=model, id="relaycache.W005"))
     return messages
 
 
@@ -150,9 +168,72 @@ def check_deploy(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
     return []
 
 
+def check_feed(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+               ) -> list[checks.CheckMessage]:
+    """E005, W004: the change feed of docs/feed.md. Writes Django does not make are
+    invalidated only while a worker runs, and nothing else notices when it stops; its
+    progress record in the cache says since when everything committed is invalidated.
+    """
+    from django.db import connections
+
+    from . import settings as relaycache_settings
+    from .core.defaults import get_default_backend
+    from .orm.feed import feed_report
+
+    try:
+        config = relaycache_settings.read_settings()
+    except ImproperlyConfigured:  # relaycache.E001 says so
+        return []
+    try:
+        feed = relaycache_settings.feed_settings(config)
+    except ImproperlyConfigured as exc:
+        return [checks.Error(str(exc), hint="See docs/feed.md.", obj="RELAYCACHE",
+                             id="relaycache.E005")]
+    messages: list[checks.CheckMessage] = []
+    aliases: list[str] = []
+    for alias in feed["DATABASES"]:
+        if alias not in connections:
+            messages.append(checks.Warning(
+                f"RELAYCACHE['FEED'] names {alias!r}, which is not in DATABASES",
+                obj="RELAYCACHE", id="relaycache.W004"))
+        elif connections[alias].vendor != "postgresql":
+            messages.append(checks.Warning(
+                f"RELAYCACHE['FEED'] names {alias!r}, a {connections[alias].display_name} "
+                "database: the change feed supports PostgreSQL only",
+                hint="Remove it from FEED['DATABASES']; writes Django does not make there "
+                     "are not invalidated (docs/limits.md).", obj="RELAYCACHE",
+                id="relaycache.W004"))
+        else:
+            aliases.append(alias)
+    backend = get_default_backend()
+    try:
+        report = feed_report(backend, aliases)
+    except backend.errors:  # relaycache.W001 says the cache is unreachable
+        return messages
+    for alias, record in report.items():
+        command = f"manage.py relaycache listen --database {alias}"
+        if record is None or "lag" not in record:
+            messages.append(checks.Warning(
+                f"No change-feed worker has recorded progress for database {alias!r}: "
+                "writes Django does not make there (other programs, psql, triggers, COPY) "
+                "stay cached until their TTL.",
+                hint=f"Run `{command} --setup` once, then keep `{command}` running.",
+                obj="RELAYCACHE", id="relaycache.W004"))
+        elif record["lag"] > feed["MAX_LAG"]:
+            messages.append(checks.Warning(
+                f"The change feed of database {alias!r} is {record['lag']:.1f} s behind "
+                f"(MAX_LAG {feed['MAX_LAG']} s; worker {record.get('worker')}, slot "
+                f"{record.get('slot')}, at {record.get('lsn')}): writes Django does not "
+                "make may be served stale meanwhile.",
+                hint=f"Check that `{command}` runs and can reach PostgreSQL and the cache.",
+                obj="RELAYCACHE", id="relaycache.W004"))
+    return messages
+
+
 def register() -> None:
     """Register every check (idempotent: the registry is a set)."""
     checks.register(check_settings, TAG)
     checks.register(check_routing, TAG, checks.Tags.models)
     checks.register(check_backends_reachable, TAG, checks.Tags.caches)
     checks.register(check_deploy, TAG, deploy=True)
+    checks.register(check_feed, TAG, checks.Tags.caches)

@@ -6,6 +6,7 @@
         "KEY_PREFIX": "rc:",
         "OPTIONS": {"socket_timeout": 0.5},       # passed to the backend's constructor
         "DATABASE_NAMESPACES": {"replica": "default"},
+        "FEED": {"DATABASES": ["default"], "MAX_LAG": 5.0},  # docs/feed.md
     }
 
 Read when the app is ready and again whenever a test changes the setting.
@@ -13,6 +14,7 @@ Read when the app is ready and again whenever a test changes the setting.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -30,7 +32,11 @@ DEFAULTS: dict[str, Any] = {
     "KEY_PREFIX": "rc:",
     "OPTIONS": {},
     "DATABASE_NAMESPACES": {},
+    "FEED": {},
 }
+FEED_DEFAULTS: dict[str, Any] = {"DATABASES": [], "MAX_LAG": 5.0, "SLOT_PREFIX": "relaycache"}
+"""The change feed (docs/feed.md): the aliases whose ``relaycache listen`` worker the
+system check expects, the lag (seconds) it tolerates, the start of slot names."""
 _URL_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
@@ -101,6 +107,30 @@ def database_namespaces(config: dict[str, Any]) -> dict[str, str]:
             "RELAYCACHE['DATABASE_NAMESPACES'] must map database aliases (str) to "
             f"namespaces (str), got {namespaces!r}")
     return namespaces
+
+
+def feed_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """``FEED`` merged with :data:`FEED_DEFAULTS`, checked; ``ImproperlyConfigured``
+    if it is malformed (reported by the system check ``relaycache.E005``)."""
+    feed = config["FEED"]
+    if not isinstance(feed, dict):
+        raise ImproperlyConfigured("RELAYCACHE['FEED'] must be a dict")
+    unknown = set(feed) - set(FEED_DEFAULTS)
+    if unknown:
+        raise ImproperlyConfigured(f"RELAYCACHE['FEED'] has unknown keys {sorted(unknown)}; "
+                                   f"known: {sorted(FEED_DEFAULTS)}")
+    merged = {**FEED_DEFAULTS, **feed}
+    databases, max_lag, prefix = merged["DATABASES"], merged["MAX_LAG"], merged["SLOT_PREFIX"]
+    if not isinstance(databases, list | tuple) or not all(isinstance(a, str) for a in databases):
+        raise ImproperlyConfigured("RELAYCACHE['FEED']['DATABASES'] must be a list of database "
+                                   f"aliases, got {databases!r}")
+    if isinstance(max_lag, bool) or not isinstance(max_lag, int | float) or max_lag <= 0:
+        raise ImproperlyConfigured("RELAYCACHE['FEED']['MAX_LAG'] must be a positive number "
+                                   f"of seconds, got {max_lag!r}")
+    if not isinstance(prefix, str) or not re.fullmatch(r"[a-z_][a-z0-9_]{0,39}", prefix):
+        raise ImproperlyConfigured("RELAYCACHE['FEED']['SLOT_PREFIX'] must be 1 to 40 of "
+                                   f"[a-z0-9_] (a replication slot name), got {prefix!r}")
+    return {**merged, "DATABASES": list(databases)}
 
 
 def apply_settings() -> None:

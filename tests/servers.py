@@ -14,7 +14,11 @@ Test modules use the fixtures with ``pytest_plugins = ("tests.servers",)``:
 - ``redis_cluster_with_replicas``: 3 masters with one replica each, for one module;
 - ``redis_sentinel``: a master, a replica and 3 Sentinels (``redis-server --sentinel``);
 - ``tcp_proxy_factory``: a loopback TCP proxy to a server that can add latency or
-  black-hole the traffic (:class:`TcpProxy`).
+  black-hole the traffic (:class:`TcpProxy`);
+- ``logical_postgres``: a throwaway PostgreSQL cluster with ``wal_level=logical`` for
+  the session (:class:`PostgresCluster`; the machine's main cluster is left alone);
+- ``postgres_replica``: a throwaway primary cluster and a streaming replica of it,
+  whose replay a test can pause (:class:`PostgresReplica`).
 
 If ``redis-server`` (or ``redis-cli`` for the cluster) is not installed the fixtures
 skip, which ``RELAYCACHE_STRICT=1`` turns into a failure.
@@ -603,8 +607,8 @@ class TcpProxy:
         self._pump(upstream, client, True)
 
     def _pump(self, source: socket.socket, target: socket.socket, reply: bool) -> None:
-        source.settimeout(0.1)
         try:
+            source.settimeout(0.1)  # the socket may be closed already (heal, teardown)
             while self._wait_flowing():
                 try:
                     data = source.recv(65536)
@@ -648,6 +652,136 @@ class TcpProxy:
 
     def __repr__(self) -> str:
         return f"<TcpProxy {HOST}:{self.port} -> {self.upstream_port}>"
+
+
+# -- a throwaway PostgreSQL cluster ----------------------------------------------------
+
+
+def postgres_bindir() -> Path | None:
+    """Where ``initdb``, ``pg_ctl`` and ``psql`` are: that of the ``initdb`` on
+    ``PATH`` (symbolic links followed), or Debian's ``/usr/lib/postgresql/<version>/bin``
+    (the newest version)."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    versions = [path.parent for path in Path("/usr/lib/postgresql").glob("*/bin/initdb")
+                if path.parts[-3].isdigit()]
+    return max(versions, key=lambda bindir: int(bindir.parts[-2]), default=None)
+
+
+class PostgresCluster:
+    """A PostgreSQL cluster of its own (``initdb``, ``pg_ctl``) on a free loopback port,
+    its data and socket in a temporary directory, trust authentication for the
+    ``postgres`` role, ``fsync`` off. ``settings`` are server settings (``-c``).
+
+    PostgreSQL refuses to run as root: when the tests do, the cluster runs as the
+    ``postgres`` system user.
+
+    :param wal_segment_mb: WAL segment size; 1 lets a test make PostgreSQL drop a
+        replication slot's WAL by writing a few megabytes.
+    """
+
+    def __init__(self, settings: dict[str, str], *, wal_segment_mb: int = 16) -> None:
+        bindir = postgres_bindir()
+        if bindir is None:
+            raise FileNotFoundError("PostgreSQL's initdb is not installed")
+        self.bindir = bindir
+        self.settings = dict(settings)
+        self.wal_segment_mb = wal_segment_mb
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="relaycache-pg-"))
+        self.owner: tuple[int, int] | None = None
+        if os.geteuid() == 0:
+            import pwd
+
+            entry = pwd.getpwnam("postgres")
+            self.owner = (entry.pw_uid, entry.pw_gid)
+            os.chown(self.dir, *self.owner)
+        self.running = False
+
+    @property
+    def data_dir(self) -> Path:
+        return self.dir / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "postgres.log"
+
+    def _run(self, program: str, *args: str, timeout: float = 60.0) -> None:
+        as_owner: dict[str, Any] = {} if self.owner is None else {
+            "user": self.owner[0], "group": self.owner[1], "extra_groups": []}
+        done = subprocess.run([str(self.bindir / program), *args], cwd=self.dir,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=timeout, check=False, **as_owner)
+        if done.returncode != 0:
+            raise RuntimeError(f"{program} exited with {done.returncode}: {done.stdout}"
+                               f"{done.stderr}\n{self.log()}")
+
+    def start(self) -> PostgresCluster:
+        """``initdb`` (the first time) and start; returns once it accepts connections."""
+        if not self.data_dir.exists():
+            self._run("initdb", "-D", str(self.data_dir), "-A", "trust", "-U", "postgres",
+                      "-E", "UTF8", "--no-sync", f"--wal-segsize={self.wal_segment_mb}")
+            # In the file rather than on the command line, which would override what a
+            # test sets with ALTER SYSTEM.
+            settings = {"listen_addresses": f"'{HOST}'", "port": str(self.port),
+                        "unix_socket_directories": f"'{self.dir}'", "fsync": "off",
+                        "full_page_writes": "off", **self.settings}
+            with (self.data_dir / "postgresql.conf").open("a") as conf:
+                conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
+        self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_path), "-w",
+                  "-t", "60", "start")
+        self.running = True
+        _live_postgres.add(self)
+        return self
+
+    def stop(self) -> None:
+        """Stop at once (``-m immediate``: like a crash, nothing is flushed)."""
+        if self.running:
+            self.running = False
+            _live_postgres.discard(self)
+            self._run("pg_ctl", "-D", str(self.data_dir), "-m", "immediate", "-w", "stop")
+
+    def cleanup(self) -> None:
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        return f"host={HOST} port={self.port} user=postgres dbname={dbname}"
+
+    def psql(self, dbname: str = "postgres") -> list[str]:
+        """The command line of ``psql`` on ``dbname`` (stopping at the first error)."""
+        return [str(self.bindir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", HOST,
+                "-p", str(self.port), "-U", "postgres", "-d", dbname]
+
+    def execute(self, sql: str, dbname: str = "postgres") -> list[tuple[Any, ...]]:
+        """Run ``sql`` in autocommit on a connection of its own; the rows, if any."""
+        import psycopg
+
+        with psycopg.connect(self.dsn(dbname), autocommit=True) as conn:
+            cursor = conn.execute(sql)
+            return cursor.fetchall() if cursor.description else []
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def __repr__(self) -> str:
+        return f"<PostgresCluster {HOST}:{self.port} {'running' if self.running else 'stopped'}>"
+
+
+_live_postgres: set[PostgresCluster] = set()
+
+
+@atexit.register
+def _stop_leftover_clusters() -> None:
+    for cluster in list(_live_postgres):
+        with contextlib.suppress(Exception):
+            cluster.cleanup()
 
 
 @atexit.register
@@ -750,3 +884,76 @@ def redis_cluster() -> Iterator[RedisClusterProcesses]:
     """A 3-master Redis Cluster shared by the tests of one module."""
     _require_binaries(cli=True)
     yield from _running(RedisClusterProcesses())
+
+
+@pytest.fixture(scope="session")
+def logical_postgres() -> Iterator[PostgresCluster]:
+    """A PostgreSQL cluster with ``wal_level=logical`` (which needs a restart to set) for
+    the session, so that the change feed's tests never reconfigure the main cluster;
+    1 MB WAL segments and ``max_slot_wal_keep_size`` 64 MB, which a test may lower."""
+    if postgres_bindir() is None:
+        pytest.skip("PostgreSQL's initdb is not installed")
+    cluster = PostgresCluster({"wal_level": "logical", "max_replication_slots": "20",
+                               "max_slot_wal_keep_size": "64MB"}, wal_segment_mb=1)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.cleanup()
+
+
+class PostgresReplica(PostgresCluster):
+    """A hot standby of ``primary`` on a port of its own: ``pg_basebackup -R`` (so it
+    streams from the primary from then on), readable. :meth:`pause_replay` makes it lag
+    for as long as a test wants: it still receives WAL, but applies none."""
+
+    def __init__(self, primary: PostgresCluster) -> None:
+        super().__init__({})
+        self.primary = primary
+
+    def start(self) -> PostgresReplica:
+        if not self.data_dir.exists():
+            self._run("pg_basebackup", "-h", HOST, "-p", str(self.primary.port), "-U",
+                      "postgres", "-D", str(self.data_dir), "-X", "stream", "-R",
+                      "--no-sync")
+            # The primary's own settings came with the copy; these come later, so win.
+            settings = {"port": str(self.port), "unix_socket_directories": f"'{self.dir}'",
+                        "hot_standby": "on"}
+            with (self.data_dir / "postgresql.conf").open("a") as conf:
+                conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
+        super().start()
+        return self
+
+    def pause_replay(self) -> None:
+        self.execute("SELECT pg_wal_replay_pause()")
+
+    def resume_replay(self) -> None:
+        self.execute("SELECT pg_wal_replay_resume()")
+
+    def wait_replayed(self, timeout: float = 30.0) -> None:
+        """Until the replica has applied everything the primary had written when asked."""
+        target = self.primary.execute("SELECT pg_current_wal_lsn()")[0][0]
+        deadline = time.monotonic() + timeout
+        while not self.execute(
+                f"SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn")[0][0]:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"replica not at {target} within {timeout}s\n{self.log()}")
+            time.sleep(0.02)
+
+
+@pytest.fixture(scope="session")
+def postgres_replica() -> Iterator[PostgresReplica]:
+    """A throwaway primary cluster and a streaming replica of it for the session
+    (``.primary`` is the primary); the machine's main cluster is left alone, its
+    ``pg_hba.conf`` allowing no replication."""
+    if postgres_bindir() is None:
+        pytest.skip("PostgreSQL's initdb is not installed")
+    primary = PostgresCluster({"wal_level": "replica", "max_wal_senders": "4"})
+    replica = PostgresReplica(primary)
+    try:
+        primary.start()
+        yield replica.start()
+    finally:
+        try:
+            replica.cleanup()
+        finally:
+            primary.cleanup()

@@ -17,13 +17,13 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..core.breaker import CircuitBreaker
 from ..core.compression import Zstd
-from ..core.keys import check_key, check_tags, check_ttl
+from ..core.keys import MAX_KEY_LENGTH, bounded_key, check_key, check_tags, check_ttl
 from ..core.stats import Stats
 from . import flow
 from .flow import COMPUTE, FAILED, WAIT, Flow, Stamps, Undelivered
@@ -158,13 +158,17 @@ class BaseCache:
     def fetch(self, keys: list[str]) -> list[Any]:
         """The stored values of ``keys`` (``None`` for an absent or expired key), in
         ONE round trip: it is the whole of a cache hit. Entries come back as stored
-        (bytes); stamps as ``str`` or UTF-8 ``bytes``."""
+        (bytes); stamps as ``str`` or UTF-8 ``bytes`` (other bytes, written by another
+        client, are not a stamp: the flow treats them as none and replaces them)."""
         raise NotImplementedError(f"{type(self).__name__} must implement fetch()")
 
-    def acquire_stamps(self, skeys: list[str]) -> list[str]:
+    def acquire_stamps(self, skeys: list[str]) -> Sequence[str | None]:
         """The current stamp of each key, atomically creating (with a new token from
         :func:`~relaycache.backends.flow.new_token`, expiring after ``stamp_ttl``)
-        each one that is absent. Two concurrent callers must get the same stamp."""
+        each one that is absent. Two concurrent callers must get the same stamp. A key
+        holding what is not a stamp (bytes that are not UTF-8, written by another
+        client) may come back as it is, or as ``None``: the flow replaces it, and
+        stores nothing under it."""
         raise NotImplementedError(f"{type(self).__name__} must implement acquire_stamps()")
 
     def store_if_current(self, vkey: str, raw: bytes, skeys: list[str], stamps: list[str],
@@ -220,7 +224,7 @@ class BaseCache:
     async def afetch(self, keys: list[str]) -> list[Any]:
         return self.fetch(keys)
 
-    async def aacquire_stamps(self, skeys: list[str]) -> list[str]:
+    async def aacquire_stamps(self, skeys: list[str]) -> Sequence[str | None]:
         return self.acquire_stamps(skeys)
 
     async def astore_if_current(self, vkey: str, raw: bytes, skeys: list[str],
@@ -252,10 +256,12 @@ class BaseCache:
     # -- naming ---------------------------------------------------------------------
 
     def value_key(self, key: str) -> str:
-        """The stored key of the entry ``key``."""
+        """The stored key of the entry ``key`` (a long one digested: ``bounded_key``)."""
         check_key(key)
         if self._reserved and key.startswith(self._reserved):
             raise ValueError(f"cache keys must not start with {self._reserved!r} (meta_prefix)")
+        if len(key) > MAX_KEY_LENGTH:  # tested here: a hit pays no call for it
+            key = bounded_key(key)
         return self.value_prefix + key
 
     def entry_tags(self, tags: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -369,7 +375,8 @@ class BaseCache:
 
     @property
     def pending_invalidations(self) -> list[str]:
-        """Tags whose invalidation has not reached the backend yet."""
+        """Tags whose invalidation has not reached the backend yet, sorted (for
+        inspection: the cache's own calls never sort what is pending)."""
         return sorted(self.undelivered.snapshot()[0])
 
     # -- the two drivers ------------------------------------------------------------
@@ -454,7 +461,7 @@ class BaseCache:
     # -- redelivery -----------------------------------------------------------------
 
     def redeliver_later(self, count: int) -> bool:
-        """Log (at most every 5 s) and start the redelivery thread; ``False``."""
+        """Log (at most every 5 s) and make sure the redelivery thread runs; ``False``."""
         now = time.monotonic()
         if now - self._last_retry_log >= 5.0:  # one line per 5 s, not one per call
             self._last_retry_log = now
@@ -467,12 +474,52 @@ class BaseCache:
                 self._retry_thread.start()
         return False
 
+    def redelivery_backend(self) -> BaseCache:
+        """The backend whose primitives the redelivery thread calls: this one. The
+        thread keeps no caller waiting, so it may wait on the store longer than a call
+        would; ``RedisCache`` returns a twin whose client does, so that invalidations
+        still land over a link slower than its ``socket_timeout``."""
+        return self
+
+    def _redeliver(self) -> bool:
+        """One pass of the redelivery thread (:func:`flow.redeliver`) on
+        :meth:`redelivery_backend`: :meth:`_run`, except that the circuit breaker does
+        not hold the calls back (they report to it all the same). The breaker spares
+        callers the wait on a store that does not answer in time; this thread keeps
+        nobody waiting, and on a busy server callers would take every half-open trial
+        (and fail it, over a slow link), leaving it none: its invalidations would never
+        land while its callers' link stays slow."""
+        target = self.redelivery_backend()
+        steps = flow.redeliver(self)
+        sent: Any = None
+        while True:
+            try:
+                step, args = steps.send(sent)
+            except StopIteration as done:
+                return bool(done.value)
+            try:
+                sent = getattr(target, step.name)(*args)
+            except self.errors as exc:
+                self._record_failure(step.name, exc)
+                sent = FAILED
+            else:
+                self.breaker.record_success()
+
     def _retry_loop(self) -> None:
+        """Redeliver until nothing is pending, with backoff. It stops only under
+        ``_retry_lock`` with nothing pending, and :meth:`redeliver_later` (called after
+        the addition) starts a new thread under that lock: nothing added is left
+        without a thread to deliver it."""
         delay = 0.05
-        while self.undelivered:
+        while True:
             time.sleep(delay)
+            with self._retry_lock:
+                if not self.undelivered:
+                    self._retry_thread = None
+                    return
             self.stats.incr("invalidations_retried")
-            if self._run(flow.deliver(self)):
+            if self._redeliver():
                 logger.warning("relaycache: pending invalidations delivered")
-                return
-            delay = min(delay * 2, self.breaker.cooldown or 1.0, 5.0)
+                delay = 0.05
+            else:
+                delay = min(delay * 2, self.breaker.cooldown or 1.0, 5.0)

@@ -16,6 +16,7 @@ makes it unservable (no stale set), and a missing stamp is never equal to anythi
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -98,8 +99,15 @@ class Flight(Protocol):
 # -- entries ----------------------------------------------------------------------
 
 def stamp_text(value: Any) -> Any:
-    """A stamp as ``str`` (stores may hand back UTF-8 bytes)."""
-    return value.decode() if isinstance(value, bytes) else value
+    """A stamp as ``str`` (stores may hand back UTF-8 bytes); ``None`` for bytes that
+    are not UTF-8, which another client wrote there: like a missing stamp, it matches
+    no entry."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return None
+    return value
 
 
 def pack(tags: list[str], stamps: Stamps, value: Any) -> bytes:
@@ -160,22 +168,55 @@ def lookup(cache: BaseCache, vkey: str, tags: list[str], skeys: list[str]
     if fetched is FAILED:
         return False, None, FAILED
     stamps = [stamp_text(stamp) for stamp in fetched[1:]]
+    if None in stamps:
+        garbage = [skey for skey, raw, stamp in zip(skeys, fetched[1:], stamps, strict=True)
+                   if stamp is None and raw is not None]  # there, but not a stamp
+        if garbage:
+            yield from _replace_garbage(garbage)
+            _missed(cache, vkey, "corrupt")
+            return False, None, stamps
     found, value = _unpack(cache, vkey, fetched[0], tags, stamps)
     return found, value, stamps
 
 
-def usable(cache: BaseCache) -> Flow[bool]:
-    """Reads are served only when no invalidation of ours is still undelivered (call
-    it when ``cache.undelivered`` is not empty: hits skip it)."""
-    if (yield from deliver(cache)):
-        return True
+def _replace_garbage(skeys: list[str]) -> Flow[None]:
+    """Replace stamp keys that hold what is not a stamp (another client wrote there),
+    as an invalidation of their tags would, which is always safe: their tags can be
+    cached under again."""
+    logger.warning("relaycache: %d tag stamp(s) held something else; replaced", len(skeys))
+    if (yield REPLACE_STAMPS, (skeys,)) is False:
+        yield DELETE_KEYS, (skeys,)  # a full store refuses the write, not the delete
+
+
+def _current_stamps(cache: BaseCache, skeys: list[str]) -> Flow[Any]:
+    """The stamps to store under (``ACQUIRE_STAMPS``), or :data:`FAILED`: the store
+    could not be asked, or a stamp key held what is not a stamp (the primitive creates
+    absent ones, so ``None`` means that too). That one is then replaced, counted as
+    corrupt, and nothing is stored this time: never under garbage."""
+    acquired = yield ACQUIRE_STAMPS, (skeys,)
+    if acquired is FAILED:
+        return FAILED
+    stamps = [stamp_text(stamp) for stamp in acquired]
+    if None in stamps:
+        yield from _replace_garbage([skey for skey, stamp in zip(skeys, stamps, strict=True)
+                                     if stamp is None])
+        cache.stats.incr("corrupt")
+        return FAILED
+    return stamps
+
+
+def _bypass(cache: BaseCache) -> None:
+    """Count a call made without the cache because an invalidation or delete of this
+    process is still undelivered: until it lands, nothing is served from the cache or
+    stored in it (fresh after our own writes). No delivery is tried here: the
+    redelivery thread does it, so the call waits on nothing."""
     cache.stats.incr("bypassed")
-    return False
 
 
 def get_entry(cache: BaseCache, key: str, default: Any, tags: Iterable[str]) -> Flow[Any]:
     vkey, (tags, skeys) = cache.value_key(key), cache.entry_tags(tags)
-    if cache.undelivered and not (yield from usable(cache)):
+    if cache.undelivered:
+        _bypass(cache)
         return default
     found, value, _ = yield from lookup(cache, vkey, tags, skeys)
     return value if found else default
@@ -186,9 +227,10 @@ def set_entry(cache: BaseCache, key: str, value: Any, ttl: float | None, tags: I
     vkey, (tags, skeys) = cache.value_key(key), cache.entry_tags(tags)
     ttl_ms = cache.ttl_ms(ttl)
     to_json(value)  # unencodable values fail here, whatever the backend's health
-    if cache.undelivered and not (yield from usable(cache)):
+    if cache.undelivered:
+        _bypass(cache)
         return False
-    stamps = yield ACQUIRE_STAMPS, (skeys,)
+    stamps = yield from _current_stamps(cache, skeys)
     if stamps is FAILED:
         return False
     return (yield from _store(cache, vkey, tags, skeys, stamps, value, ttl_ms))
@@ -200,7 +242,8 @@ def get_or_set(cache: BaseCache, flights: Flight, key: str, ttl: float | None,
     """Serve ``key`` or compute it (the ``COMPUTE`` step), store it and return it."""
     vkey, (tags, skeys) = cache.value_key(key), cache.entry_tags(tags)
     ttl_ms = cache.ttl_ms(ttl)
-    if cache.undelivered and not (yield from usable(cache)):
+    if cache.undelivered:
+        _bypass(cache)
         return (yield COMPUTE, _NO_ARGS)
     found, value, stamps = yield from lookup(cache, vkey, tags, skeys)
     if found:
@@ -265,7 +308,7 @@ class _Miss:
     def compute_and_store(self, stamps: Any) -> Flow[Any]:
         cache = self.cache
         if None in stamps:
-            stamps = yield ACQUIRE_STAMPS, (self.skeys,)
+            stamps = yield from _current_stamps(cache, self.skeys)
         value = yield COMPUTE, _NO_ARGS
         if stamps is FAILED:
             if self.strict:
@@ -308,26 +351,58 @@ def invalidate(cache: BaseCache, tags: Iterable[str]) -> Flow[None]:
     yield from deliver(cache)
     if events.listeners:
         events.emit("invalidated", cache, tags=checked)
+    if events.invalidation_hooks:
+        events.run_invalidation_hooks(cache, checked)
 
 
 def deliver(cache: BaseCache) -> Flow[bool]:
-    """Deliver undelivered invalidations and deletes; ``False`` if some remain (a
-    background thread then retries them)."""
+    """Deliver the invalidations and deletes not tried yet: the caller's own, and any a
+    concurrent caller added meanwhile, so a caller returns once what it asked for
+    landed or was handed to the redelivery thread. ``False`` if they did not land: the
+    thread retries them. Earlier failures are that thread's alone, so a call costs
+    O(what it added), however many are pending (an outage of 8,000 per-row tags)."""
     pending = cache.undelivered
-    tags, keys = pending.snapshot()
+    tags, keys = pending.untried()
+    if (yield from _send(cache, tags, keys)):
+        return True
+    pending.hand_over(tags, keys)
+    return cache.redeliver_later(len(pending))
+
+
+REDELIVERY_BATCH = 1000
+"""Tags (or keys) per round trip of the redelivery thread; each batch that lands is
+forgotten, so a failure midway resends only the rest."""
+
+
+def redeliver(cache: BaseCache) -> Flow[bool]:
+    """The redelivery thread's pass: everything pending, oldest first, in batches;
+    ``False`` if a batch did not land."""
+    pending = cache.undelivered
+    while True:
+        tags, keys = pending.oldest(REDELIVERY_BATCH)
+        if not (tags or keys):
+            return True
+        if not (yield from _send(cache, tags, keys)):
+            return False
+
+
+def _send(cache: BaseCache, tags: dict[str, int], keys: dict[str, int]) -> Flow[bool]:
+    """Replace the stamps of ``tags`` and delete ``keys``, forgetting each part that
+    landed (at the generation sent); ``False`` if one did not."""
+    pending = cache.undelivered
     if tags:
-        skeys = cache.stamp_keys(sorted(tags))
+        skeys = cache.stamp_keys(list(tags))
         replaced = yield REPLACE_STAMPS, (skeys,)
         if replaced is False:
             # The store refused new stamps (a full Redis under noeviction refuses
             # writes but not deletes): a missing stamp invalidates as surely.
             replaced = yield DELETE_KEYS, (skeys,)
         if replaced is FAILED:
-            return cache.redeliver_later(len(tags) + len(keys))
+            return False
         pending.forget(tags=tags)
     if keys:
-        if (yield DELETE_KEYS, (sorted(keys),)) is FAILED:
-            return cache.redeliver_later(len(tags) + len(keys))
+        if (yield DELETE_KEYS, (list(keys),)) is FAILED:
+            return False
         pending.forget(keys=keys)
     return True
 
@@ -339,7 +414,10 @@ class Undelivered:
 
     Each addition gets a new generation, and a delivery forgets only what it sent: an
     invalidation of the same tag requested while a delivery was in flight may be newer
-    than that delivery, so it stays until it is delivered itself.
+    than that delivery, so it stays until it is delivered itself. What was added but
+    not tried yet is also kept apart (:meth:`untried`), so that a caller delivers its
+    own additions without touching, copying or sorting what earlier failures left to
+    the redelivery thread: every operation here is O(what it is given or returns).
     """
 
     def __init__(self) -> None:
@@ -347,15 +425,42 @@ class Undelivered:
         self._generation = 0
         self.tags: dict[str, int] = {}
         self.keys: dict[str, int] = {}
+        self._untried_tags: dict[str, int] = {}
+        self._untried_keys: dict[str, int] = {}
 
     def __bool__(self) -> bool:
         return bool(self.tags or self.keys)
 
+    def __len__(self) -> int:
+        return len(self.tags) + len(self.keys)
+
     def add(self, tags: Iterable[str] = (), keys: Iterable[str] = ()) -> None:
         with self._lock:
             self._generation += 1
-            self.tags.update(dict.fromkeys(tags, self._generation))
-            self.keys.update(dict.fromkeys(keys, self._generation))
+            added_tags = dict.fromkeys(tags, self._generation)
+            added_keys = dict.fromkeys(keys, self._generation)
+            self.tags.update(added_tags)
+            self.keys.update(added_keys)
+            self._untried_tags.update(added_tags)
+            self._untried_keys.update(added_keys)
+
+    def untried(self) -> tuple[dict[str, int], dict[str, int]]:
+        """What was added and not tried yet (it stays so until :meth:`forget` or
+        :meth:`hand_over`: a concurrent caller may send it too, which is harmless)."""
+        with self._lock:
+            return dict(self._untried_tags), dict(self._untried_keys)
+
+    def hand_over(self, tags: dict[str, int], keys: dict[str, int]) -> None:
+        """Leave what a caller tried and could not deliver to the redelivery thread."""
+        with self._lock:
+            self._drop(tags, self._untried_tags)
+            self._drop(keys, self._untried_keys)
+
+    def oldest(self, count: int) -> tuple[dict[str, int], dict[str, int]]:
+        """At most ``count`` pending tags and ``count`` pending keys, oldest first."""
+        with self._lock:
+            return (dict(itertools.islice(self.tags.items(), count)),
+                    dict(itertools.islice(self.keys.items(), count)))
 
     def snapshot(self) -> tuple[dict[str, int], dict[str, int]]:
         with self._lock:
@@ -363,8 +468,15 @@ class Undelivered:
 
     def forget(self, tags: dict[str, int] | None = None, keys: dict[str, int] | None = None
                ) -> None:
+        """Drop what was delivered, unless added again since (a newer generation)."""
         with self._lock:
-            for sent, pending in ((tags or {}, self.tags), (keys or {}, self.keys)):
-                for name, generation in sent.items():
-                    if pending.get(name) == generation:
-                        del pending[name]
+            for sent, pending, untried in ((tags or {}, self.tags, self._untried_tags),
+                                           (keys or {}, self.keys, self._untried_keys)):
+                self._drop(sent, pending)
+                self._drop(sent, untried)
+
+    @staticmethod
+    def _drop(sent: dict[str, int], held: dict[str, int]) -> None:
+        for name, generation in sent.items():
+            if held.get(name) == generation:
+                del held[name]

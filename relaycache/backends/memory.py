@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .base import BaseCache, KeyDescription
-from .flow import new_token
+from .flow import Stamps, new_token
 
 __all__ = ["InMemoryCache"]
 
@@ -65,11 +65,11 @@ class InMemoryCache(BaseCache):
         with self._lock:
             return [self._get(key, now) for key in keys]
 
-    def acquire_stamps(self, skeys: list[str]) -> list[str]:
+    def acquire_stamps(self, skeys: list[str]) -> Stamps:
         now = time.monotonic()
         stamp_ms = self.stamp_ttl * 1000
         with self._lock:
-            stamps = []
+            stamps: Stamps = []
             for skey in skeys:
                 stamp = self._get(skey, now)
                 if stamp is None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
+import functools
 import inspect
+import math
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from typing import Any
 
 import redis
@@ -17,7 +21,8 @@ from redis.retry import Retry
 from redis.sentinel import SentinelConnectionPool
 
 from .base import BaseCache, KeyDescription
-from .flow import new_token
+from .flow import Stamps, new_token, stamp_text
+from .near import NearCache, RedisTracking
 
 # KEYS: entry, stamp...; ARGV: entry, ttl_ms or "", expected stamp...
 _STORE_IF_CURRENT = """
@@ -48,15 +53,18 @@ def _text(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes) else value
 
 
+REDELIVERY_TIMEOUT = 5.0
+"""Seconds the redelivery thread waits for Redis at least (see
+:meth:`RedisCache.redelivery_backend`)."""
+
 SERVER_TAG = "__server__"
 """Carried by every entry of a plain or Sentinel ``RedisCache``; see :class:`_RestartGuard`."""
 
 
-def _run_id(info: Any) -> str | None:
-    text: str = _text(info)
-    for line in text.splitlines():
-        if line.startswith("run_id:"):
-            return line[len("run_id:"):].strip()
+def _run_id(info: Any) -> bytes | None:
+    for line in info.splitlines():
+        if line.startswith(b"run_id:"):
+            return bytes(line[len(b"run_id:"):].strip())
     return None
 
 
@@ -69,57 +77,92 @@ class _RestartGuard:
     way, invalidations may have been lost: the stamp of :data:`SERVER_TAG`, which every
     entry carries, is replaced, so nothing stored before is served again. Without
     INFO (an ACL denies it), the check is skipped: docs/redis.md lists the commands.
+
+    The check is one round trip (``INFO`` and ``GET`` pipelined), the replacement
+    another, added to every connection's setup: over a slow link that setup is what
+    times out first. Replies are compared as bytes, never decoded, so whatever another
+    client wrote into the server key (bytes, or another type: ``GET`` then fails) only
+    counts as a different server.
     """
 
     def __init__(self, server_key: str, stamp_key: str, stamp_ttl_ms: int) -> None:
         self.server_key = server_key
         self.stamp_key = stamp_key
         self.stamp_ttl_ms = stamp_ttl_ms
-        self.last_run_id: str | None = None  # the server this process last talked to
+        self.last_run_id: bytes | None = None  # the server this process last talked to
 
-    def _changed(self, run_id: str, recorded: Any) -> bool:
-        """A server other than the recorded one, or than the one this process knew:
-        a process that wrote to a deposed master must distrust entries that processes
-        connected to the new master stored meanwhile (its writes there are lost)."""
-        known, self.last_run_id = self.last_run_id, run_id
-        return _text(recorded) != run_id or (known is not None and known != run_id)
+    def _check(self) -> list[tuple[Any, ...]]:
+        return [("INFO", "server"), ("GET", self.server_key)]
 
-    def _commands(self, run_id: str) -> list[tuple[Any, ...]]:
-        return [("SET", self.stamp_key, new_token(), "PX", self.stamp_ttl_ms),
-                ("SET", self.server_key, run_id)]
+    def _replacement(self, info: Any, recorded: Any) -> tuple[bytes | None, list[Any]]:
+        """The server's ``run_id`` (``None``: no check) and the commands to send: none
+        if it is the server recorded and the one this process knew; else the
+        replacement of the stamp and the new record. A process that wrote to a deposed
+        master must distrust what processes connected to the new master stored
+        meanwhile (its writes there are lost), so it replaces the stamp even if they
+        recorded the new master already. The caller counts the server as known only
+        once the commands were answered: a replacement that timed out is sent again
+        by the next connection, not forgotten."""
+        if isinstance(info, redis.ResponseError):  # INFO denied by an ACL, or missing
+            return None, []
+        run_id = _run_id(info)
+        if run_id is None:
+            return None, []
+        known = self.last_run_id
+        if recorded == run_id and (known is None or known == run_id):
+            return run_id, []
+        return run_id, [("SET", self.stamp_key, new_token(), "PX", self.stamp_ttl_ms),
+                        ("SET", self.server_key, run_id)]
+
+    def _known(self, run_id: bytes | None) -> None:
+        """Record the server this process now talks to, its stamp replaced if needed."""
+        if run_id is not None:
+            self.last_run_id = run_id
 
     def __call__(self, connection: Any) -> None:
         connection.on_connect()
-        connection.send_command("INFO", "server")
-        try:
-            run_id = _run_id(connection.read_response())
-        except redis.ResponseError:  # INFO denied by an ACL, or not implemented
-            return
-        connection.send_command("GET", self.server_key)
-        if run_id is None or not self._changed(run_id, connection.read_response()):
-            return
-        for command in self._commands(run_id):
-            connection.send_command(*command)
-            connection.read_response()
+        check = self._check()
+        connection.send_packed_command(connection.pack_commands(check))
+        run_id, commands = self._replacement(*[_reply(connection) for _ in check])
+        if commands:
+            connection.send_packed_command(connection.pack_commands(commands))
+            for _ in commands:
+                connection.read_response()
+        self._known(run_id)
 
     async def on_async_connect(self, connection: Any) -> None:
         await connection.on_connect()
-        await connection.send_command("INFO", "server")
-        try:
-            run_id = _run_id(await connection.read_response())
-        except redis.ResponseError:
-            return
-        await connection.send_command("GET", self.server_key)
-        if run_id is None or not self._changed(run_id, await connection.read_response()):
-            return
-        for command in self._commands(run_id):
-            await connection.send_command(*command)
-            await connection.read_response()
+        check = self._check()
+        await connection.send_packed_command(connection.pack_commands(check))
+        run_id, commands = self._replacement(*[await _areply(connection) for _ in check])
+        if commands:
+            await connection.send_packed_command(connection.pack_commands(commands))
+            for _ in commands:
+                await connection.read_response()
+        self._known(run_id)
 
 
-def _current_stamps(previous: list[Any], tokens: list[str]) -> list[str]:
-    """Merge the replies of ``SET stamp token NX GET``: the old stamp, or ours if none."""
-    return [_text(old) if old is not None else new
+def _reply(connection: Any) -> Any:
+    """The next reply, an error reply returned rather than raised: every reply of a
+    pipeline must be read, or the next command would read the rest."""
+    try:
+        return connection.read_response()
+    except redis.ResponseError as exc:
+        return exc
+
+
+async def _areply(connection: Any) -> Any:
+    """Async :func:`_reply`."""
+    try:
+        return await connection.read_response()
+    except redis.ResponseError as exc:
+        return exc
+
+
+def _current_stamps(previous: list[Any], tokens: list[str]) -> Stamps:
+    """Merge the replies of ``SET stamp token NX GET``: the old stamp, or ours if none;
+    ``None`` for an old value that is not UTF-8 (not a stamp: the flow replaces it)."""
+    return [stamp_text(old) if old is not None else new
             for old, new in zip(previous, tokens, strict=True)]
 
 
@@ -208,19 +251,49 @@ def _command(*args: Any, **options: Any) -> Command:
 
 
 class _LoopClient:
-    """The asyncio client of one event loop, with its scripts (sent as ``EVALSHA``)."""
+    """The asyncio client of one event loop, with its scripts (sent as ``EVALSHA``).
 
-    __slots__ = ("client", "release", "store")
+    Its connections hold the loop, so the loop's entry in ``RedisCache._loop_clients``
+    (weak on the loop) never went away by itself: each loop that made a call kept a
+    client and a connection open, one per call under asgiref's ``async_to_sync``. The
+    client is closed with its loop instead. An async generator started here is
+    registered by the running loop as every async generator is, and the loop's
+    ``shutdown_asyncgens()``, which ``asyncio.run``, ``asyncio.Runner`` and
+    ``async_to_sync`` await before closing it, resumes it to ``forget`` the entry and
+    close the connections. A loop closed without that call keeps its client, as it
+    keeps its other async generators unfinished.
+    """
 
-    def __init__(self, client: Any) -> None:
+    __slots__ = ("client", "closer", "release", "store")
+
+    def __init__(self, client: Any, forget: Callable[[], object]) -> None:
         self.client = client
         self.store = client.register_script(_STORE_IF_CURRENT)
         self.release = client.register_script(_RELEASE_LEASE)
+        self.closer = self._close_at_shutdown(forget)
+        with contextlib.suppress(StopIteration):  # it stopped at its yield, registered
+            self.closer.asend(None).send(None)
+
+    async def _close_at_shutdown(self, forget: Callable[[], object]
+                                 ) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            forget()
+            with contextlib.suppress(redis.RedisError, OSError):
+                await self.client.aclose(close_connection_pool=True)
 
 
 def _refused_for_memory(exc: redis.ResponseError) -> bool:
     """A write refused by a full server under ``noeviction``."""
     return isinstance(exc, OutOfMemoryError) or "maxmemory" in str(exc)
+
+
+def _expires_at(started: float, pttl: int) -> float:
+    """When a key whose ``PTTL`` (asked at ``started``, ``time.monotonic()``) was
+    ``pttl`` ms expires: counted from before the request, so never later than in Redis.
+    No TTL (-1) is never; an absent key (-2) is not kept anyway."""
+    return started + pttl / 1000 if pttl >= 0 else math.inf
 
 
 class RedisCache(BaseCache):
@@ -231,6 +304,9 @@ class RedisCache(BaseCache):
         :attr:`redis_client`; cache calls run on a clone with bounded timeouts.
     :param socket_timeout: seconds a cache call may wait on Redis (connect or reply),
         whatever the client's own timeouts: a slow cache must cost little.
+    :param near_cache: a :class:`~relaycache.NearCache` of this cache's own (or a dict
+        of its options, as a settings file can give), to serve hits from the process
+        without a round trip; ``None``: every hit asks Redis.
     Other options are :class:`~relaycache.backends.base.BaseCache`'s.
     """
 
@@ -238,7 +314,9 @@ class RedisCache(BaseCache):
     errors = (redis.RedisError, RedisClusterException, OSError)
 
     def __init__(self, client: redis.Redis | RedisCluster, default_ttl: float | None = 3600,
-                 *, socket_timeout: float = 0.5, **options: Any) -> None:
+                 *, socket_timeout: float = 0.5,
+                 near_cache: NearCache | Mapping[str, Any] | None = None,
+                 **options: Any) -> None:
         if not isinstance(client, (redis.Redis, RedisCluster)):
             raise TypeError(
                 f"RedisCache needs a redis.Redis or RedisCluster client, got {type(client)!r}"
@@ -261,6 +339,14 @@ class RedisCache(BaseCache):
         self._release_script = self._client.register_script(_RELEASE_LEASE)
         self._loop_clients: weakref.WeakKeyDictionary[Any, _LoopClient | None] = (
             weakref.WeakKeyDictionary())
+        self._redelivery_timeout = max(REDELIVERY_TIMEOUT, 10 * socket_timeout)
+        self._redelivery: RedisCache | None = None
+        if isinstance(near_cache, Mapping):
+            near_cache = NearCache(**near_cache)
+        self._near = near_cache
+        if near_cache is not None:
+            near_cache.bind(RedisTracking(self._client, self.value_prefix,
+                                          self.stamp_keys([""])[0]), self.stats)
 
     @classmethod
     def from_url(cls, url: str, default_ttl: float | None = 3600, **options: Any
@@ -308,48 +394,126 @@ class RedisCache(BaseCache):
                 pipe.execute_command(*command[0], **command[1])
             return list(await pipe.execute())
 
+    # -- the near cache (relaycache.backends.near) ---------------------------------
+
+    @staticmethod
+    def _near_commands(keys: list[str]) -> list[Command]:
+        # The first key's (the entry's) TTL comes in the same round trip, so its local
+        # copy never outlives the key in Redis.
+        return [_command("MGET", *keys), _command("PTTL", keys[0])]
+
+    def _near_miss(self, near: NearCache, keys: list[str]) -> list[Any]:
+        """Fetch ``keys`` from Redis, and keep them in ``near``."""
+        if near.wants_connection():
+            near.connect()
+        ticket = near.ticket()  # taken before the request goes out: NearCache.fill
+        started = time.monotonic()
+        if self.is_cluster:
+            values, ttl = self._cluster_fetch_with_ttl(keys)
+        else:
+            values, ttl = self._pipeline(self._near_commands(keys))
+        if ticket is not None:
+            near.fill(ticket, keys, values, _expires_at(started, ttl))
+        return list(values)
+
+    async def _anear_miss(self, near: NearCache, keys: list[str]) -> list[Any]:
+        """Async :meth:`_near_miss`."""
+        if near.wants_connection():
+            await asyncio.to_thread(near.connect)
+        loop_client = self._loop_client()
+        if loop_client is None:
+            return await asyncio.to_thread(self._near_miss, near, keys)
+        ticket = near.ticket()
+        started = time.monotonic()
+        values, ttl = await self._apipeline(loop_client.client, self._near_commands(keys))
+        if ticket is not None:
+            near.fill(ticket, keys, values, _expires_at(started, ttl))
+        return list(values)
+
+    def _cluster_fetch_with_ttl(self, keys: list[str]) -> tuple[list[Any], int]:
+        """One ``MGET`` per slot and the first key's ``PTTL``, in one pipeline."""
+        by_slot: dict[int, list[int]] = {}
+        for index, key in enumerate(keys):
+            by_slot.setdefault(self._client.keyslot(key), []).append(index)
+        pipe = self._client.pipeline()
+        for indexes in by_slot.values():
+            pipe.execute_command("MGET", *[keys[i] for i in indexes])
+        pipe.execute_command("PTTL", keys[0])
+        *replies, ttl = pipe.execute()
+        values: list[Any] = [None] * len(keys)
+        for indexes, reply in zip(by_slot.values(), replies, strict=True):
+            for index, value in zip(indexes, reply, strict=True):
+                values[index] = value
+        return values, ttl
+
+    def _barrier(self, keys: list[str]) -> None:
+        """Return only once Redis has handed the invalidation messages of a write to
+        ``keys`` to every tracking connection. Redis writes them in the same pass as
+        the write's reply, in no set order, so a PING sent after that reply came back
+        is answered after they were written (docs/consistency.md, "The near cache").
+        Sent in the same pipeline, it would run in the same pass: no barrier."""
+        if not self.is_cluster:
+            self._client.ping()
+            return
+        nodes = {node.name: node for node in map(self._client.get_node_from_key, keys)}
+        self._client.ping(target_nodes=list(nodes.values()))
+
     # -- the storage contract, sync ------------------------------------------------
 
     def fetch(self, keys: list[str]) -> list[Any]:
+        if self._near is not None:
+            found = self._near.lookup(keys)
+            return found if found is not None else self._near_miss(self._near, keys)
         # execute_command() rather than mget(): the same MGET, without the option
         # plumbing for client-side caching (off on our clients), about 3 µs a hit.
         if self.is_cluster:
             return list(self._client.mget_nonatomic(keys))
         return list(self._client.execute_command("MGET", *keys))
 
-    def acquire_stamps(self, skeys: list[str]) -> list[str]:
+    def acquire_stamps(self, skeys: list[str]) -> Stamps:
         tokens, commands = self._acquire_commands(skeys)
         return _current_stamps(self._pipeline(commands), tokens)
 
     def store_if_current(self, vkey: str, raw: bytes, skeys: list[str], stamps: list[str],
                          ttl_ms: int | None) -> bool:
+        if self._near is not None:
+            # No barrier: the entry this replaces is valid too (same stamps).
+            self._near.evict([vkey])
         if self._store_script is not None:
             args = [raw, "" if ttl_ms is None else ttl_ms, *stamps]
             return bool(self._store_script(keys=[vkey, *skeys], args=args))
         # Cluster: stamps live in other slots, so the check cannot be atomic with the
         # write. That is still safe: readers compare the entry's stamps with the
         # current ones, so a result stored after an invalidation is never served.
-        if skeys and [_text(v) for v in self._client.mget_nonatomic(skeys)] != stamps:
+        if skeys and [stamp_text(v) for v in self._client.mget_nonatomic(skeys)] != stamps:
             return False
         self._client.set(vkey, raw, px=ttl_ms)
         return True
 
     def replace_stamps(self, skeys: list[str]) -> bool:
+        if self._near is not None:
+            self._near.evict(skeys)
         try:
             self._pipeline(self._replace_commands(skeys))
         except redis.ResponseError as exc:
             if not _refused_for_memory(exc):
                 raise
             return False
+        if self._near is not None:
+            self._barrier(skeys)
         return True
 
     def delete_keys(self, keys: list[str]) -> None:
         if not keys:
             return
+        if self._near is not None:
+            self._near.evict(keys)
         if self.is_cluster:
             self._pipeline([_command("UNLINK", key) for key in keys])
         else:
             self._client.unlink(*keys)
+        if self._near is not None:
+            self._barrier(keys)
 
     def clear(self) -> None:
         batch: list[Any] = []
@@ -359,6 +523,8 @@ class RedisCache(BaseCache):
                 self.delete_keys(batch)
                 batch = []
         self.delete_keys(batch)
+        if self._near is not None:
+            self._near.clear()
 
     def acquire_lease(self, lkey: str, token: str, ttl_ms: int) -> bool:
         return bool(self._client.set(lkey, token, nx=True, px=ttl_ms))
@@ -416,6 +582,33 @@ class RedisCache(BaseCache):
     def ping(self) -> None:
         self._client.ping()
 
+    def redelivery_backend(self) -> RedisCache:
+        """This cache on a client that waits up to ``max(REDELIVERY_TIMEOUT,
+        10 * socket_timeout)`` seconds for Redis, sharing all else (what is pending, the
+        stats, the breaker, the restart guard); made at the first redelivery.
+
+        Over a link whose replies take longer than ``socket_timeout``, every new
+        connection's setup (redis-py's handshake, the restart check) times out before
+        a command is sent, so a redelivery with the callers' timeout never sent the
+        replacement at all, and other processes kept serving what it invalidates.
+        Nobody waits on the redelivery thread, so it can wait for the link instead.
+        A Cluster that cannot be reached to build that client leaves this pass to the
+        callers' client."""
+        if self._redelivery is None:
+            twin = copy.copy(self)
+            if isinstance(self.redis_client, RedisCluster):
+                try:
+                    twin._client = _bounded_cluster(self.redis_client,
+                                                    self._redelivery_timeout)
+                except self.errors:  # it connects, to learn the slots
+                    return self
+            else:
+                assert self._guard_restarts is not None  # every plain or Sentinel cache's
+                twin._client = _bounded_client(self.redis_client, self._redelivery_timeout,
+                                               self._guard_restarts)
+            self._redelivery = twin
+        return self._redelivery
+
     # -- the storage contract, async -----------------------------------------------
 
     def _loop_client(self) -> _LoopClient | None:
@@ -425,16 +618,21 @@ class RedisCache(BaseCache):
         if loop not in self._loop_clients:
             client = None if self.is_cluster else _async_client(self._client,
                                                                 self._guard_restarts)
-            self._loop_clients[loop] = None if client is None else _LoopClient(client)
+            self._loop_clients[loop] = None if client is None else _LoopClient(
+                client, functools.partial(self._loop_clients.pop, loop, None))
         return self._loop_clients[loop]
 
     async def afetch(self, keys: list[str]) -> list[Any]:
+        if self._near is not None:
+            # The lookup never blocks: served here, it costs the event loop no wait.
+            found = self._near.lookup(keys)
+            return found if found is not None else await self._anear_miss(self._near, keys)
         loop_client = self._loop_client()
         if loop_client is None:
             return await asyncio.to_thread(self.fetch, keys)
         return list(await loop_client.client.execute_command("MGET", *keys))
 
-    async def aacquire_stamps(self, skeys: list[str]) -> list[str]:
+    async def aacquire_stamps(self, skeys: list[str]) -> Stamps:
         loop_client = self._loop_client()
         if loop_client is None:
             return await asyncio.to_thread(self.acquire_stamps, skeys)
@@ -447,6 +645,8 @@ class RedisCache(BaseCache):
         if loop_client is None:
             return await asyncio.to_thread(self.store_if_current, vkey, raw, skeys, stamps,
                                            ttl_ms)
+        if self._near is not None:
+            self._near.evict([vkey])
         args = [raw, "" if ttl_ms is None else ttl_ms, *stamps]
         return bool(await loop_client.store(keys=[vkey, *skeys], args=args))
 
@@ -454,12 +654,16 @@ class RedisCache(BaseCache):
         loop_client = self._loop_client()
         if loop_client is None:
             return await asyncio.to_thread(self.replace_stamps, skeys)
+        if self._near is not None:
+            self._near.evict(skeys)
         try:
             await self._apipeline(loop_client.client, self._replace_commands(skeys))
         except redis.ResponseError as exc:
             if not _refused_for_memory(exc):
                 raise
             return False
+        if self._near is not None:
+            await loop_client.client.ping()  # the barrier: see _barrier
         return True
 
     async def adelete_keys(self, keys: list[str]) -> None:
@@ -467,7 +671,11 @@ class RedisCache(BaseCache):
         if loop_client is None or not keys:
             await asyncio.to_thread(self.delete_keys, keys)
             return
+        if self._near is not None:
+            self._near.evict(keys)
         await loop_client.client.unlink(*keys)
+        if self._near is not None:
+            await loop_client.client.ping()  # the barrier: see _barrier
 
     async def aclear(self) -> None:
         await asyncio.to_thread(self.clear)

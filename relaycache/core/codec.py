@@ -21,7 +21,8 @@ from typing import Any
 
 import orjson
 
-__all__ = ["decode", "encode", "from_json", "may_hold_markers", "register_type", "to_json"]
+__all__ = ["DECODE_ERRORS", "decode", "encode", "from_json", "may_hold_markers",
+           "register_type", "to_json"]
 
 _INT_MIN, _INT_MAX = -(2**63), 2**64  # what orjson reads back as an int
 _MARK = "~"
@@ -99,6 +100,14 @@ SCALAR_TYPES: dict[str, _Codec] = {
 _ENCODERS: dict[type, tuple[str, Callable[[Any], Any]]] = {
     typ: (tag, enc) for tag, (typ, enc, _) in SCALAR_TYPES.items() if typ not in (int, float)
 }
+DECODE_ERRORS: tuple[type[Exception], ...] = (
+    ValueError, TypeError, LookupError, AttributeError, ArithmeticError)
+"""What a decoder of :data:`SCALAR_TYPES` may raise on data it was not made from:
+``Decimal("not-a-number")`` raises ``decimal.InvalidOperation`` (an
+``ArithmeticError``), ``uuid.UUID(hex=5)`` an ``AttributeError``, an unknown zone a
+``LookupError``. :func:`from_json` turns them into ``ValueError``; code that calls the
+decoders itself, cell by cell (the ORM's rows), catches these once around the loop, so
+that garbage read from the store is a miss and the cells pay no wrapper."""
 _DECODERS: dict[str, Callable[[Any], Any]] = {
     _MARK + tag: dec for tag, (_, _, dec) in SCALAR_TYPES.items()
 }
@@ -183,8 +192,7 @@ def _decode_marker(tag: str, inner: Any) -> Any:
         return _decode_known_marker(tag, inner)
     except ValueError:
         raise
-    except (TypeError, LookupError, AttributeError, ArithmeticError,
-            zoneinfo.ZoneInfoNotFoundError) as exc:
+    except DECODE_ERRORS as exc:
         raise ValueError(f"malformed {tag!r} value in cached data: {exc}") from None
 
 

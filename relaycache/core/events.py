@@ -3,6 +3,10 @@
 The Django app turns them into the signals ``cache_hit``, ``cache_miss`` and
 ``cache_invalidated``; anything else (a StatsD client, a test) can listen with ``add_listener``.
 With no subscriber, the cost on the hot path is one list check.
+
+:data:`invalidation_hooks` are not for metrics: they let a layer above the core act on
+every invalidation (the ORM layer repeats one made inside a database transaction after
+its COMMIT) without the core knowing of databases.
 """
 
 from __future__ import annotations
@@ -43,3 +47,31 @@ def emit(event: str, backend: BaseCache, **data: Any) -> None:
             listener(event, backend, **data)
         except Exception:
             logger.exception("relaycache: event listener %r failed", listener)
+
+
+InvalidationHook = Callable[["BaseCache", list[str]], None]
+"""Called as ``hook(backend, tags)``, ``tags`` checked, sorted and de-duplicated."""
+
+invalidation_hooks: list[InvalidationHook] = []
+"""Called after every invalidation was sent to the backend, or queued for redelivery
+when it could not be: what the caller asked for has happened, whatever a hook does."""
+
+
+def add_invalidation_hook(hook: InvalidationHook) -> None:
+    if hook not in invalidation_hooks:
+        invalidation_hooks.append(hook)
+
+
+def remove_invalidation_hook(hook: InvalidationHook) -> None:
+    if hook in invalidation_hooks:
+        invalidation_hooks.remove(hook)
+
+
+def run_invalidation_hooks(backend: BaseCache, tags: list[str]) -> None:
+    """Call every hook; a failing hook is logged, never raised to the invalidating
+    caller (its invalidation is done)."""
+    for hook in list(invalidation_hooks):
+        try:
+            hook(backend, tags)
+        except Exception:
+            logger.exception("relaycache: invalidation hook %r failed", hook)

@@ -19,7 +19,12 @@ import orjson
 from .codec import to_json
 
 MAX_KEY_LENGTH = 1024
+"""Keys up to this many characters are stored as given; longer ones as
+:func:`bounded_key` shortens them."""
 MAX_TAG_LENGTH = 512
+"""Tags up to this many characters are kept as given; longer ones as :func:`check_tags`
+shortens them."""
+_DIGEST_LENGTH = 33  # "~" and 32 hex digits
 
 _UNORDERED = ("~s", "~fs", "~m")
 
@@ -94,26 +99,57 @@ def _check_encodable(text: str, what: str) -> None:
                              f"{text[:40]!r}") from None
 
 
+def _digest_of(text: str) -> str:
+    return "~" + hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
 def check_key(key: object) -> str:
+    """``key``, if it can be a cache key: a non-empty ``str`` with a UTF-8 form. Any
+    length will do (see :func:`bounded_key`)."""
     if not isinstance(key, str):
         raise TypeError(f"cache keys must be str, got {type(key).__qualname__}")
-    if not key or len(key) > MAX_KEY_LENGTH:
-        raise ValueError(f"cache keys must have 1 to {MAX_KEY_LENGTH} characters, got {len(key)}")
+    if not key:
+        raise ValueError("cache keys must not be empty")
     _check_encodable(key, "cache keys")
     return key
 
 
+def bounded_key(key: str) -> str:
+    """The name ``key`` is stored under: itself up to :data:`MAX_KEY_LENGTH`
+    characters; beyond (a key built from request input), its first
+    :data:`MAX_KEY_LENGTH` characters, ``~`` and a 128-bit BLAKE2b digest of the whole,
+    so a key costs bounded memory in the store and on every hit.
+
+    That name is longer than any key stored as given, so it is no other key's name,
+    whatever the input: a short key crafted to look like a long key's name cannot make
+    the long key read its entry. The digest keeps long keys with the same beginning
+    apart. Apply it once, to the key as given (``BaseCache.value_key`` does)."""
+    if len(key) <= MAX_KEY_LENGTH:
+        return key
+    return key[:MAX_KEY_LENGTH] + _digest_of(key)
+
+
 def check_tags(tags: Iterable[object]) -> list[str]:
-    """Validated, de-duplicated and sorted tags (order never matters)."""
+    """Validated, de-duplicated and sorted tags (order never matters).
+
+    A tag longer than :data:`MAX_TAG_LENGTH` characters becomes its first characters,
+    ``~`` and a 128-bit BLAKE2b digest of the whole, :data:`MAX_TAG_LENGTH` in all. The
+    form is within the limit, so checking checked tags changes nothing: a tag gets the
+    same stamp whichever layers checked it (the decorator, then the backend; or
+    ``invalidate()``). A tag given as is that equals another's shortened form shares
+    its stamp: invalidating one invalidates both, which can cost misses, never serve a
+    stale entry."""
     if isinstance(tags, (str, bytes)):
         raise TypeError("tags must be a list of strings, not a single string")
     result: set[str] = set()
     for tag in tags:
         if not isinstance(tag, str):
             raise TypeError(f"tags must be str, got {type(tag).__qualname__}: {tag!r}")
-        if not tag or len(tag) > MAX_TAG_LENGTH:
-            raise ValueError(f"tags must have 1 to {MAX_TAG_LENGTH} characters: {tag[:40]!r}")
+        if not tag:
+            raise ValueError("tags must not be empty")
         _check_encodable(tag, "tags")
+        if len(tag) > MAX_TAG_LENGTH:
+            tag = tag[:MAX_TAG_LENGTH - _DIGEST_LENGTH] + _digest_of(tag)
         result.add(tag)
     return sorted(result)
 

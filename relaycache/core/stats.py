@@ -17,6 +17,10 @@ COUNTERS = (
     "bypassed",
     "invalidations",
     "invalidations_retried",
+    "near_hits",
+    "near_misses",
+    "near_evictions",
+    "near_resets",
 )
 
 
@@ -27,6 +31,10 @@ class Stats:
     whose entry was found but rejected because a tag stamp changed, ``corrupt`` those
     whose entry could not be decoded. ``bypassed`` counts calls served without the cache
     (an invalidation still undelivered, or a query that cannot be cached safely).
+    With a near cache, ``near_hits`` counts fetches served from the process,
+    ``near_misses`` those that went to Redis, ``near_evictions`` local copies dropped
+    for room, ``near_resets`` the times it was emptied because invalidation messages
+    may have been lost (a tracking connection lost, a failover).
     """
 
     def __init__(self) -> None:

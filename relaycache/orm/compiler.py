@@ -17,6 +17,7 @@ from django.core.exceptions import EmptyResultSet
 from django.db.models.sql.constants import GET_ITERATOR_CHUNK_SIZE, MULTI, SINGLE
 
 from ..core import events
+from ..core.codec import DECODE_ERRORS
 from . import memo
 from .options import CacheOptions, active_options, computing
 from .plan import Analysis, analyse, note_uncacheable, plan_for
@@ -129,7 +130,7 @@ class CachingCompilerMixin(_CompilerBase):
                         hit=not ran)
         try:
             rows = unpack_rows(data)
-        except (ValueError, TypeError, LookupError) as exc:
+        except DECODE_ERRORS as exc:
             options.cache.stats.incr("corrupt")
             logger.warning("relaycache: unreadable cached rows, querying instead: %s", exc)
             return parent(result_type, chunked_fetch, chunk_size)

@@ -3,12 +3,19 @@ policy, or the reason it cannot be cached."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import secrets
+import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from django.db import Error, connections
 from django.db.models.sql.query import Query
+from django.db.utils import load_backend
 
 from ..core import events
 from ..core.codec import to_json
@@ -17,11 +24,15 @@ from .invalidation import (
     can_store_inside_transaction,
     database_tag,
     dirty_tables,
+    is_replica,
     namespace,
     table_tag,
+    view_bases,
 )
 from .options import CacheOptions
+from .patches import manual_transaction
 from .rows import ROWS_FORMAT
+from .scope import session_state
 from .tables import Uncacheable, query_tables
 
 if TYPE_CHECKING:
@@ -30,6 +41,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("relaycache.orm")
 
 _PREFETCH_EXTRA_PREFIX = "_prefetch_related_val_"
+
+UNKNOWN_SESSION = ("the connection's session state is unknown (a SET inside a transaction "
+                   "or that failed, SET SESSION AUTHORIZATION, temporary tables)")
 
 
 @dataclass
@@ -43,7 +57,9 @@ class ReadPlan:
 
 @dataclass(frozen=True)
 class Analysis:
-    """The part of a read's plan that follows from its SQL alone."""
+    """The part of a read's plan that follows from its SQL alone: ``digest`` covers the
+    SQL, its parameters and the result shape, not the database or session state the
+    SQL runs in, which :func:`plan_for` adds to the key of every read."""
 
     digest: str
     tables: frozenset[str]
@@ -88,21 +104,106 @@ def analyse(query: Query, connection: BaseDatabaseWrapper, sql: str, params: Ite
         encoded_params = [param_data(param) for param in params]
     except TypeError as exc:
         raise Uncacheable(f"a parameter cannot be encoded: {exc}") from None
-    entry_digest = digest([ROWS_FORMAT, namespace(using), sql, encoded_params, shape])
+    entry_digest = digest([ROWS_FORMAT, sql, encoded_params, shape])
     tags = (database_tag(using), *(table_tag(t, using) for t in tables))
     return Analysis(digest=entry_digest, tables=tables, tags=tags)
 
 
+_identities: dict[tuple[object, ...], str] = {}
+_process = secrets.token_hex(8)
+
+
+def _new_process() -> None:
+    """A forked child's in-memory SQLite databases are its own from now on."""
+    global _process
+    _process = secrets.token_hex(8)
+    _identities.clear()
+
+
+os.register_at_fork(after_in_child=_new_process)
+
+
+def _identity(name: str, config: dict[str, Any]) -> str:
+    options = config.get("OPTIONS") or {}
+    database = config.get("NAME") or ""
+    if load_backend(str(config.get("ENGINE"))).DatabaseWrapper.vendor == "sqlite":
+        if not isinstance(database, Path) and (
+                database == ":memory:" or "mode=memory" in str(database)):
+            where = ["memory", _process]
+        else:
+            where = [socket.gethostname(), os.path.abspath(database)]
+        return digest([name, str(config.get("ENGINE")), *where])
+    return digest([name, *(str(config.get(key) or "") for key in (
+        "ENGINE", "HOST", "PORT", "NAME", "USER")), *(str(options.get(key) or "") for key in (
+        "service", "options", "assume_role"))])
+
+
+def database_identity(using: str) -> str:
+    """The database a read through ``using`` runs on, as part of its key: two sites, or
+    staging and production, whose ``default`` alias is a different database never
+    share entries, even on one Redis.
+
+    The alias's namespace (``DATABASE_NAMESPACES``, so a replica mapped to its primary
+    shares the primary's entries) with, when the namespace is an alias of
+    ``DATABASES``, its engine, host, port, database name, user and the PostgreSQL
+    connection options that choose the database or its session defaults (``service``,
+    ``options``, ``assume_role``); for SQLite, the file's absolute path on this host,
+    or this process for an in-memory database. A namespace that names no alias is the
+    identity you chose for the database (docs/configuration.md).
+    """
+    name = namespace(using)
+    config = connections.settings.get(name)
+    if config is None:
+        return name
+    options = config.get("OPTIONS") or {}
+    state = (name, config.get("ENGINE"), config.get("NAME"), config.get("HOST"),
+             config.get("PORT"), config.get("USER"), options.get("service"),
+             options.get("options"), options.get("assume_role"))
+    try:
+        found = _identities.get(state)
+    except TypeError:  # an unhashable setting: not remembered
+        return _identity(name, config)
+    if found is None:
+        found = _identities[state] = _identity(name, config)
+    return found
+
+
+def read_scope(connection: BaseDatabaseWrapper) -> str | None:
+    """What a read's SQL runs on besides its text: the database's identity and the
+    connection's session state (``None``: unknown, see :mod:`.scope`)."""
+    state = session_state(connection)
+    if state is None:
+        return None
+    return f"{database_identity(connection.alias)}|{state}"
+
+
 def plan_for(analysis: Analysis, connection: BaseDatabaseWrapper, options: CacheOptions
              ) -> ReadPlan:
-    """The plan of one read now: a table written in the open transaction bypasses."""
+    """The plan of one read now: a table written in the open transaction bypasses;
+    the key adds the database and session state to the analysis's digest, the tags the
+    tables of the views it reads.
+
+    A miss is stored only if it reads committed data at least as new as every write
+    invalidated before its stamps were taken: in autocommit, or inside ``atomic`` under
+    READ COMMITTED; never with autocommit off (it may see its own uncommitted writes),
+    never through a replica alias (it may lag) (docs/consistency.md).
+    """
+    try:
+        views = view_bases(connection, analysis.tables) - analysis.tables
+    except Error as exc:
+        raise Uncacheable(f"the tables of the views it reads are unknown: {exc}") from None
     dirty = dirty_tables(connection)
-    if dirty and ("*" in dirty or dirty & analysis.tables):
+    if dirty and ("*" in dirty or dirty & (analysis.tables | views)):
         raise Uncacheable("a table it reads was written in this transaction")
-    store = connection.get_autocommit() and not connection.in_atomic_block
-    store = store or can_store_inside_transaction(connection)
-    return ReadPlan(key=f"{options.key or 'orm'}:{analysis.digest}",
-                    tags=[*analysis.tags, *options.tags], store=store)
+    scope = read_scope(connection)
+    if scope is None:
+        raise Uncacheable(UNKNOWN_SESSION)
+    store = not manual_transaction(connection) and not is_replica(connection.alias) and (
+        not connection.in_atomic_block or can_store_inside_transaction(connection))
+    key = hashlib.blake2b(f"{scope}|{analysis.digest}".encode(), digest_size=16).hexdigest()
+    tags = [*analysis.tags, *(table_tag(t, connection.alias) for t in sorted(views)),
+            *options.tags]
+    return ReadPlan(key=f"{options.key or 'orm'}:{key}", tags=tags, store=store)
 
 
 def plan_read(query: Query, connection: BaseDatabaseWrapper, sql: str,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextvars
 import copy
+import hashlib
+import pickle
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self, TypeVar, cast
@@ -21,7 +23,7 @@ from .compiler import CachingCompilerMixin
 from .invalidation import register_backend
 from .options import DISABLED, CacheOptions, active_options, computing
 from .plan import Analysis, analyse, note_uncacheable, param_data, plan_for, plan_read
-from .tables import Uncacheable
+from .tables import SELECT_FOR_UPDATE, Uncacheable
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -59,6 +61,19 @@ class CachedQueryMixin(_QueryBase):
     """Mixed into a queryset's ``Query`` once ``.cached()`` is called; clones keep it."""
 
     relaycache_options: CacheOptions | None = None
+    relaycache_base: type[Query]
+    """The ``Query`` class this one was made from (see :func:`_cached_query_class`)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Django pickles querysets (and their ``query``) into caches and sessions. This
+        # class is made at run time, so pickle cannot find it by name: it is rebuilt
+        # from the class it was made from, in any process.
+        options = self.relaycache_options
+        if options is not None and options.backend is not None:
+            raise pickle.PicklingError(
+                "a queryset cached with cached(backend=...) cannot be pickled: the backend "
+                "lives in this process; pickle it without backend= (the default backend)")
+        return _unpickle_query, (self.relaycache_base,), self.__getstate__()
 
     def get_compiler(self, using: str | None = None,
                      connection: BaseDatabaseWrapper | None = None,
@@ -80,8 +95,15 @@ def _cached_query_class(base: type[Query]) -> type[CachedQueryMixin]:
         # type() makes a subclass of both, which mypy cannot infer from its arguments.
         cls = _query_classes[base] = cast(
             "type[CachedQueryMixin]",
-            type(f"Cached{base.__name__}", (CachedQueryMixin, base), {}))
+            type(f"Cached{base.__name__}", (CachedQueryMixin, base),
+                 {"relaycache_base": base}))
     return cls
+
+
+def _unpickle_query(base: type[Query]) -> CachedQueryMixin:
+    """An empty cached query made from ``base``; pickle then restores its state."""
+    cls = _cached_query_class(base)
+    return cls.__new__(cls)
 
 
 @dataclass(frozen=True)
@@ -156,6 +178,9 @@ class CachedQuerySetMixin(_QuerySetBase):
         options = self.cache_options
         if options is None:
             return CacheInfo(cached=False, reason="not marked with .cached()")
+        if self.query.select_for_update:
+            # Not compiled: outside a transaction, compiling it raises.
+            return CacheInfo(cached=False, reason=SELECT_FOR_UPDATE)
         compiler: SQLCompiler = self.query.chain().get_compiler(self.db)
         try:
             sql, params = compiler.as_sql()
@@ -180,8 +205,9 @@ class CachedQuerySetMixin(_QuerySetBase):
     def aggregate(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         options = self.cache_options
         parent = super().aggregate
-        if options is None or computing.get():
-            return parent(*args, **kwargs)
+        if options is None or computing.get() or not all(
+                hasattr(value, "resolve_expression") for value in (*args, *kwargs.values())):
+            return parent(*args, **kwargs)  # Django raises its own error for non-expressions
         try:
             named = {**{arg.default_alias: arg for arg in args}, **kwargs}
         except (AttributeError, TypeError):
@@ -223,8 +249,15 @@ class CachedQuerySetMixin(_QuerySetBase):
         no other table: it is keyed by this queryset's SQL and each aggregate's own SQL.
         One that follows relations (``Count("reviews")``) is keyed by the SQL of this
         queryset annotated with it, which has the aggregation's joins and tables.
+        Either way the key also holds what converts each aggregate's value
+        (:func:`_result_type`): ``Sum("pages")`` and ``Sum("pages",
+        output_field=FloatField())`` run the same SQL and return an int and a float.
         Raises ``EmptyResultSet`` (nothing to run) or :class:`Uncacheable`.
         """
+        if self.query.select_for_update:
+            # Django aggregates it without the lock; compiling it here would raise
+            # outside a transaction.
+            raise Uncacheable(SELECT_FOR_UPDATE)
         compiler: SQLCompiler = self.query.chain().get_compiler(self.db)
         try:
             sql, params = compiler.as_sql()
@@ -238,7 +271,9 @@ class CachedQuerySetMixin(_QuerySetBase):
                 raise Uncacheable(f"{kind}() of this query") from None
             compiler = probe.query.get_compiler(self.db)
             sql, params = compiler.as_sql()
-            shape = [kind]
+            annotations = compiler.query.annotations
+            shape = [kind, *([alias, *_result_type(annotations[alias])]
+                             for alias in sorted(named))]
         return analyse(compiler.query, compiler.connection, sql, params, shape, options)
 
     def _prefetch_related_objects(self) -> None:
@@ -272,8 +307,22 @@ def _aggregates_sql(compiler: SQLCompiler, named: dict[str, Any]) -> list[list[o
         if set(query.alias_map) != aliases or getattr(resolved, "contains_subquery", False):
             raise FieldError("the aggregate reads other tables")
         agg_sql, agg_params = compiler.compile(resolved)
-        parts.append([alias, agg_sql, [param_data(p) for p in agg_params]])
+        parts.append([alias, agg_sql, [param_data(p) for p in agg_params],
+                      *_result_type(resolved)])
     return parts
+
+
+def _result_type(expression: Any) -> list[str]:
+    """What Django converts an aggregate's database value with, as key data: the
+    expression's class (its ``convert_value``) and its output field, pickled: a model's
+    field by reference, any other (``output_field=DecimalField(decimal_places=1)``) with
+    every attribute a converter or ``from_db_value`` may read."""
+    field = memo.pickled(expression.output_field)
+    if field is None:
+        raise Uncacheable("an aggregate's output field cannot be pickled")
+    kind = type(expression)
+    return [f"{kind.__module__}.{kind.__qualname__}",
+            hashlib.blake2b(field, digest_size=16).hexdigest()]
 
 
 def _cached_prefetch(lookup: str | Prefetch[Any, Any, Any], options: CacheOptions

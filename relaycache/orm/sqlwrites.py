@@ -24,6 +24,9 @@ _TARGET = {
     "DELETE": re.compile(rf"DELETE\s+FROM\s+(?:ONLY\s+)?({_QUALIFIED})", re.I),
     "ALTER": re.compile(rf"ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?({_QUALIFIED})",
                         re.I),
+    # A materialized view is a table of its own, rewritten by REFRESH.
+    "REFRESH": re.compile(rf"REFRESH\s+MATERIALIZED\s+VIEW\s+(?:CONCURRENTLY\s+)?({_QUALIFIED})",
+                          re.I),
 }
 _LIST_TARGET = {
     "TRUNCATE": re.compile(rf"TRUNCATE\s+(?:TABLE\s+)?(?:ONLY\s+)?((?:{_QUALIFIED}\s*,\s*)*"
@@ -48,15 +51,30 @@ _EXPLAIN = re.compile(r"EXPLAIN\s*(?:\((?P<options>[^)]*)\)|(?P<words>(?:\s*\b(?
                       r"VERBOSE|QUERY\s+PLAN|FORMAT\s+\w+)\b)*))", re.I)
 _SNAPSHOT_LEVEL = re.compile(r"ISOLATION\s+LEVEL\s+(?:REPEATABLE\s+READ|SERIALIZABLE)", re.I)
 _SESSION_LEVEL = re.compile(r"SESSION\s+CHARACTERISTICS|SET\s+SESSION\s+TRANSACTION", re.I)
+_VIEW_DDL = re.compile(r"(?:CREATE|ALTER|DROP)\b[^;]*?\b(?:VIEW|RULE|RENAME)\b", re.I)
+
+
+_QUOTES = str.maketrans("", "", '"`[]')
+
+
+def table_name(name: str) -> str:
+    """The name a table's invalidation tag knows it by: its last dot-separated part,
+    without quotes, lower-cased. ``'other"."note'`` (Django's ``db_table`` trick for
+    another schema), ``"other"."note"`` (the SQL Django writes for it), ``other.note``
+    and ``note`` are all ``note``.
+
+    Reads and writes both name their tables through this function, so they always meet.
+    Tables that differ only in schema, case or quoting share a tag, which can only merge
+    their invalidations, never lose one (docs/consistency.md, "Schemas, tenants and
+    databases").
+    """
+    return name.translate(_QUOTES).rpartition(".")[2].lower()
 
 
 def _unquote(qualified: str) -> str:
-    """The table's name, lower-cased: tags compare case-insensitively, which can only
-    merge two tables' invalidations, never lose one."""
+    """The written table's :func:`table_name`, from its (quoted, qualified) SQL name."""
     last: str = re.findall(_IDENT, qualified)[-1]  # _IDENT has no groups: whole matches
-    if last[0] in '"`[':
-        last = last[1:-1].replace('""', '"')
-    return last.lower()
+    return table_name(last)
 
 
 def _has_second_statement(sql: str) -> bool:
@@ -107,3 +125,9 @@ def snapshot_isolation(sql: str) -> str | None:
     if _SNAPSHOT_LEVEL.search(sql) is None:
         return None
     return "session" if _SESSION_LEVEL.search(sql) else "transaction"
+
+
+def changes_views(sql: str) -> bool:
+    """Whether ``sql`` may change which tables a view reads: it creates, alters or drops
+    a view or a rule, or renames something."""
+    return _VIEW_DDL.match(_LEADING_NOISE.sub("", sql, count=1)) is not None

@@ -15,6 +15,8 @@ from django.db.models.sql.datastructures import BaseTable, Join
 from django.db.models.sql.query import Query
 from django.db.models.sql.where import ExtraWhere, WhereNode
 
+from .sqlwrites import table_name
+
 # SQL functions whose value changes between two runs of the same statement.
 VOLATILE_FUNCTIONS = frozenset({
     "NOW", "RANDOM", "RAND", "CURRENT_TIMESTAMP", "CURRENT_DATE", "CURRENT_TIME",
@@ -32,7 +34,8 @@ class Uncacheable(Exception):
 
 
 def query_tables(query: Query, *, allow_raw: bool = False) -> set[str]:
-    """Lower-cased names of every table ``query`` reads.
+    """Every table ``query`` reads, by its :func:`~.sqlwrites.table_name` (the name its
+    tag knows, as writes name it too: ``db_table = 'other"."note'`` reads ``note``).
 
     Raises :class:`Uncacheable` for row locks (in subqueries too), random ordering,
     volatile functions and, unless ``allow_raw`` (the caller named its own tags), raw
@@ -49,10 +52,10 @@ def _walk_query(query: Query, tables: set[str], allow_raw: bool) -> None:
     if query.extra or query.extra_tables:
         if not allow_raw:
             raise Uncacheable("extra() adds raw SQL; pass tags= to cache it")
-        tables.update(t.lower() for t in query.extra_tables)
+        tables.update(table_name(t) for t in query.extra_tables)
     for entry in query.alias_map.values():
         if isinstance(entry, (BaseTable, Join)):
-            tables.add(entry.table_name.lower())
+            tables.add(table_name(entry.table_name))
             if isinstance(entry, Join) and entry.filtered_relation is not None:
                 _walk(entry.filtered_relation.condition, tables, allow_raw)
         else:

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import inspect
+import os
 import threading
 import uuid
 
 import pytest
 import redis
 import redis.asyncio
+from asgiref.sync import async_to_sync
 
 from relaycache import InMemoryCache, RedisCache, ainvalidate, cache, invalidate
 from tests.support import IN_PROCESS_BACKENDS
+
+pytest_plugins = ("tests.servers",)
 
 
 class NoThreadsExecutor(concurrent.futures.ThreadPoolExecutor):
@@ -254,3 +259,43 @@ def test_async_entries_are_visible_to_other_processes(real_redis_backend, real_r
     assert real_redis_backend.get("shared", "gone", tags=["t"]) == "gone"
     other.redis_client.close()
 
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.real_redis
+def test_each_event_loops_client_is_closed_with_its_loop(redis_server):
+    """``async_to_sync`` runs each call in an event loop of its own. The loop's asyncio
+    client used to stay open for ever (its connections kept the loop alive in the weak
+    dictionary of per-loop clients): 200 calls, 200 more connections and file
+    descriptors. Each is now closed as its loop shuts down."""
+    admin = redis_server.client()
+    prefix = f"loops{uuid.uuid4().hex[:8]}:"
+    backend = RedisCache(redis.Redis(host="127.0.0.1", port=redis_server.port),
+                         default_ttl=60, value_prefix=prefix, meta_prefix=prefix + "m:")
+
+    @cache(backend=backend, tags=["t"], key=lambda n: f"n:{n}")
+    async def square(n):
+        return n * n
+
+    call = async_to_sync(square)
+    assert call(3) == 9  # the sync client's connection, and one loop's, come and go
+    gc.collect()
+    connections, fds = admin.info("clients")["connected_clients"], _open_fds()
+    assert [call(n % 10) for n in range(200)] == [(n % 10) ** 2 for n in range(200)]
+    gc.collect()
+    added = admin.info("clients")["connected_clients"] - connections
+    assert added <= 1, f"{added} more connections to Redis after 200 calls"
+    assert _open_fds() - fds <= 1, f"{_open_fds() - fds} more file descriptors"
+    assert len(backend._loop_clients) == 0
+    assert backend.stats.hits >= 190 and backend.stats.errors == 0
+
+    async def inside_one_loop():  # a long-lived loop keeps its one client meanwhile
+        first = backend._loop_client()
+        assert [await square(n) for n in range(5)] == [0, 1, 4, 9, 16]
+        return first is backend._loop_client()
+
+    assert asyncio.run(inside_one_loop())
+    assert len(backend._loop_clients) == 0

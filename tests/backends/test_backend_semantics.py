@@ -563,6 +563,53 @@ def test_entry_with_current_stamps_but_malformed_value_is_a_counted_miss(backend
     _assert_corrupt_is_a_miss(backend, "k", ["t"])
 
 
+NOT_A_STAMP = b"\xff\xfe\x00not UTF-8"
+
+
+def _write_at(backend, key: str, raw: bytes) -> None:
+    """What another client may write at any of our keys (a raw write, on any backend)."""
+    assert backend.store_if_current(key, raw, [], [], None)
+
+
+def test_a_stamp_that_is_not_a_stamp_is_a_counted_miss_and_is_replaced(backend):
+    """Bytes that are not UTF-8 in a tag's stamp, or in the stamp of the ``__server__``
+    tag every RedisCache entry carries, used to raise ``UnicodeDecodeError`` from
+    every read of the tag. They are a miss, counted as corrupt; the stamp is replaced
+    (an invalidation, always safe), so the tag is cached again after one miss."""
+    for tag in ["t", *backend.implicit_tags]:
+        skey = backend.stamp_keys([tag])[0]
+        for read in (lambda: backend.get("k", MISSING, tags=["t"]),
+                     lambda: asyncio.run(backend.aget("k", MISSING, tags=["t"]))):
+            assert backend.set("k", "old", tags=["t"])
+            _write_at(backend, skey, NOT_A_STAMP)
+            corrupt = backend.stats.corrupt
+            assert read() is MISSING, tag
+            assert backend.stats.corrupt == corrupt + 1, tag
+            assert isinstance(_text(backend.fetch([skey])[0]), str), "garbage left in place"
+        _write_at(backend, skey, NOT_A_STAMP)
+        compute = Compute("new")
+        assert backend.get_or_set("k", compute, tags=["t"]) == "new"
+        assert backend.get_or_set("k", fail, tags=["t"]) == "new"
+        assert compute.calls == 1, "the recomputed value was not stored"
+    assert backend.stats.errors == 0 and backend.pending_invalidations == []
+
+
+def test_nothing_is_stored_under_a_stamp_that_is_not_a_stamp(backend):
+    """``set()`` reads the stamps it stores under without a lookup first: one holding
+    garbage must neither raise nor let the value be stored under it."""
+    skey, vkey = backend.stamp_keys(["t"])[0], backend.value_key("k")
+    for store in (lambda: backend.set("k", "v", tags=["t"]),
+                  lambda: asyncio.run(backend.aset("k", "v", tags=["t"]))):
+        _write_at(backend, skey, NOT_A_STAMP)
+        corrupt = backend.stats.corrupt
+        assert store() is False
+        assert backend.fetch([vkey]) == [None] and backend.stats.corrupt == corrupt + 1
+        assert backend.fetch([skey])[0] != NOT_A_STAMP, "garbage left in place"
+        assert store() is True  # the replaced stamp is a stamp again
+        assert backend.get("k", tags=["t"]) == "v"
+        backend.delete("k")
+
+
 def test_garbage_does_not_break_later_calls_on_the_same_client(backend):
     _write_raw(backend, "bad", b"\xff\xfe")
     backend.set("good", [1, 2], tags=["t"])

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import threading
 import time
 
 import fakeredis
 import pytest
 import redis
 
-from relaycache import CircuitBreaker, RedisCache, cache, invalidate
+from relaycache import CircuitBreaker, InMemoryCache, RedisCache, cache, invalidate
 from tests.support import wait_until
 
 
@@ -270,3 +271,95 @@ def test_delete_during_an_outage_is_not_silently_dropped(flaky):
     server.connected = True
     time.sleep(0.3)
     assert get_book() == {"title": "new"}
+
+
+# -- the cost of an outage ---------------------------------------------------------------
+
+class Unreachable(InMemoryCache):
+    """An InMemoryCache whose store cannot be reached while ``down``. It records, per
+    thread, how many tags each ``stamp_keys()`` call named and how many keys each
+    ``replace_stamps()`` call was given: the work a call does for what is pending."""
+
+    errors = (ConnectionError,)
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        self.down = False
+        self.named: list[tuple[str, int]] = []
+        self.replaced: list[tuple[str, int]] = []
+
+    def stamp_keys(self, tags):
+        self.named.append((threading.current_thread().name, len(tags)))
+        return super().stamp_keys(tags)
+
+    def replace_stamps(self, skeys):
+        self.replaced.append((threading.current_thread().name, len(skeys)))
+        if self.down:
+            raise ConnectionError("store unreachable")
+        return super().replace_stamps(skeys)
+
+
+RETRY = "relaycache-invalidation-retry"
+
+
+def _by(thread: str, calls: list[tuple[str, int]]) -> list[int]:
+    return [n for name, n in calls if name == thread]
+
+
+def test_an_invalidation_during_an_outage_costs_what_it_adds_not_what_is_pending():
+    """With 8,000 per-row tags pending, every ``invalidate()`` used to snapshot, sort
+    and name all of them again (and send them all, or fail to): the work over an
+    outage grew quadratically. A call now touches only what it adds; the redelivery
+    thread delivers the rest in batches once the store is back."""
+    backend = Unreachable(default_ttl=60, breaker=CircuitBreaker(threshold=3, cooldown=0.05))
+    main = threading.current_thread().name
+    backend.set("row:5", "old", tags=["row:5"])
+    backend.down = True
+    backend.invalidate([f"row:{i}" for i in range(8000)])  # e.g. a bulk update
+    assert len(backend.pending_invalidations) == 8000
+    backend.named.clear()
+    backend.replaced.clear()
+
+    for i in range(100):
+        backend.invalidate([f"row:{8000 + i}"])
+        assert backend.get("row:5", "bypassed", tags=["row:5"]) == "bypassed"
+    named, replaced = _by(main, backend.named), _by(main, backend.replaced)
+    assert sum(named) <= 100 and max(named) == 1, (
+        f"invalidate() named {max(named)} tags for the 1 it added")
+    assert replaced == [] or max(replaced) == 1, (
+        f"invalidate() sent {max(replaced)} stamps for the 1 it added")
+    assert len(backend.pending_invalidations) == 8100
+    assert backend.stats.hits == 0  # nothing is served while any invalidation is pending
+
+    backend.down = False
+    assert wait_until(lambda: backend.pending_invalidations == [], 10, 0.02)
+    assert max(_by(RETRY, backend.replaced)) <= 1000, "the redelivery was not batched"
+    assert backend.get("row:5", "gone", tags=["row:5"]) == "gone"
+    assert backend.set("row:5", "new", tags=["row:5"])
+    assert backend.get("row:5", tags=["row:5"]) == "new"
+
+
+def test_an_invalidation_repeated_during_a_redelivery_is_not_forgotten_with_it():
+    """A delivery forgets only what it sent: the same tag invalidated again while the
+    redelivery thread's batch was in flight stays pending until it lands itself."""
+    backend = Unreachable(default_ttl=60, breaker=CircuitBreaker(threshold=3, cooldown=0.05))
+    backend.down = True
+    backend.invalidate(["books"])  # undelivered: the redelivery thread retries it
+    in_flight, repeated = threading.Event(), threading.Event()
+
+    def replace(skeys):  # the store is back for the thread's first batch, only for it
+        if threading.current_thread().name == RETRY and not in_flight.is_set():
+            in_flight.set()
+            assert repeated.wait(5)
+            return InMemoryCache.replace_stamps(backend, skeys)
+        raise ConnectionError("store unreachable")
+
+    backend.replace_stamps = replace
+    assert in_flight.wait(5)
+    backend.invalidate(["books"])  # again, while that batch is in flight: undelivered
+    repeated.set()
+    assert wait_until(lambda: backend.stats.invalidations_retried >= 2, 5, 0.01)
+    assert backend.pending_invalidations == ["books"], "forgotten with the older batch"
+    del backend.replace_stamps
+    backend.down = False
+    assert wait_until(lambda: backend.pending_invalidations == [], 10, 0.02)

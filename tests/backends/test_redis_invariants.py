@@ -8,6 +8,7 @@ their own.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import random
 import threading
@@ -20,7 +21,7 @@ import redis
 
 from relaycache import RedisCache, cache, invalidate
 from tests.servers import command_stats, reset_stats
-from tests.support import concurrently, run_concurrently
+from tests.support import concurrently, run_concurrently, wait_until
 
 pytest_plugins = ("tests.servers",)
 pytestmark = pytest.mark.real_redis
@@ -311,3 +312,72 @@ def test_client_with_or_without_decode_responses(real_redis_url, decode):
     finally:
         backend.clear()
         admin.delete(*foreign)
+
+
+# -- the restart check (_RestartGuard) ----------------------------------------------------
+
+
+def _drop_connections(admin: redis.Redis) -> None:
+    """Close every other client's connections: the next call of each reconnects."""
+    admin.client_kill_filter(_type="normal", skipme=True)
+
+
+def test_garbage_in_the_server_record_is_another_server_not_an_error(redis_server):
+    """Bytes that are not UTF-8, written by another client into ``{meta}server``
+    (where each connection's restart check reads the recorded ``run_id``), used to
+    raise ``UnicodeDecodeError`` from every call that connected. They are a server
+    other than the one recorded: the ``__server__`` stamp is replaced (entries from
+    before miss) and the record rewritten, on the sync and the async path alike."""
+    admin = redis_server.client()
+    prefix = _prefix()
+    backend = _backend(redis.Redis(host="127.0.0.1", port=redis_server.port), prefix)
+    server_key = prefix + "meta:server"
+    run_id = admin.info("server")["run_id"].encode()
+    reads = {"sync": lambda: backend.get("k", MISS, tags=["t"]),
+             "async": lambda: asyncio.run(backend.aget("k", MISS, tags=["t"]))}
+    for path, read in reads.items():
+        assert backend.set("k", "old", tags=["t"]) and read() == "old"
+        admin.set(server_key, b"\xff\xfe\x00garbage")
+        _drop_connections(admin)
+        assert read() is MISS, f"{path}: an entry from before was served"
+        assert admin.get(server_key) == run_id, path
+        assert backend.set("k", "new", tags=["t"]) and read() == "new", path
+    assert backend.stats.errors == 0 and backend.stats.hits == 4
+
+
+def test_a_restart_check_whose_replacement_timed_out_is_done_again(
+        redis_server_factory, tcp_proxy_factory):
+    """A process moved to another server (a failover) whose ``run_id`` other processes
+    recorded already must still replace the ``__server__`` stamp: its invalidations
+    may be lost with the old server. If that replacement times out, the next
+    connection must send it again; it used to count the new server as known before
+    the replacement was answered, and then never sent it."""
+    old_server, new_server = redis_server_factory(), redis_server_factory()
+    proxy = tcp_proxy_factory(old_server.port)
+    prefix = _prefix()
+    moved = _backend(redis.Redis(host="127.0.0.1", port=proxy.port), prefix,
+                     socket_timeout=0.2)
+    assert moved.set("warm", 1)  # it knows the old server
+    stayed = _backend(redis.Redis(host="127.0.0.1", port=new_server.port), prefix)
+    assert stayed.set("k", "stored on the new server", tags=["t"])  # records it
+    admin = new_server.client()
+
+    proxy.upstream_port = new_server.port  # the failover, as the moved process sees it
+    proxy.reset()
+    connected = admin.info("clients")["connected_clients"]
+    admin.execute_command("CLIENT", "PAUSE", 5000, "WRITE")  # reads pass, writes wait
+    try:
+        assert moved.get("k", MISS, tags=["t"]) is MISS  # its replacement timed out
+        # Redis drops a paused command when its client goes: wait for that, or the
+        # unpause could let the replacement through after all.
+        assert wait_until(lambda: admin.info("clients")["connected_clients"] <= connected,
+                          5)
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+    assert moved.stats.errors >= 1
+    assert stayed.get("k", MISS, tags=["t"]) == "stored on the new server", (
+        "the timed-out replacement was not expected to land")
+    assert wait_until(lambda: not moved.breaker.is_open, 10, 0.1)
+    assert moved.get("k", MISS, tags=["t"]) is MISS, (
+        "the entry stored without the moved process's lost invalidations was served")
+    assert stayed.get("k", MISS, tags=["t"]) is MISS

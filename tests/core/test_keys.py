@@ -213,7 +213,7 @@ def test_check_key_rejects_non_str(bad):
         check_key(bad)
 
 
-@pytest.mark.parametrize("bad", ["", "k" * (MAX_KEY_LENGTH + 1)])
+@pytest.mark.parametrize("bad", [""])
 def test_check_key_rejects_empty_or_too_long(bad):
     with pytest.raises(ValueError):
         check_key(bad)
@@ -244,7 +244,7 @@ def test_check_tags_rejects_non_str_tags(bad):
         check_tags(bad)
 
 
-@pytest.mark.parametrize("bad", [[""], ["t" * (MAX_TAG_LENGTH + 1)], ["ok", ""]])
+@pytest.mark.parametrize("bad", [[""], ["ok", ""]])
 def test_check_tags_rejects_empty_or_too_long(bad):
     with pytest.raises(ValueError):
         check_tags(bad)
@@ -271,8 +271,7 @@ def test_bad_keys_are_refused_by_backend_and_decorator(backend):
         backend.get("")
     with pytest.raises(TypeError):
         backend.set(5, "v")
-    with pytest.raises(ValueError):
-        backend.set("k" * (MAX_KEY_LENGTH + 1), "v")
+    assert backend.set("k" * (MAX_KEY_LENGTH + 1), "v")  # long keys are digested
 
     @cache(backend=backend, key=lambda n: n)
     def f(n):

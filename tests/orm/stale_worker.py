@@ -4,9 +4,11 @@ processes on a real PostgreSQL and a real Redis.
 W writer processes change a handful of ``Book`` rows, each change bumping the row's
 version (kept in ``Book.price``), through every kind of write: ``save()``,
 ``QuerySet.update()``, ``bulk_update()``, raw SQL on the ORM connection, ``atomic``
-blocks with savepoints (released and rolled back) and ``select_for_update``. Once a
-write's call has *returned*, the writer records the row's new version in a Redis sorted
-set (``ZADD GT``: the highest version known to be committed and returned).
+blocks with savepoints (released and rolled back), ``select_for_update``, a transaction
+managed by hand (autocommit off, ``commit()``) and an ``atomic`` block whose first
+``on_commit`` callback raises (a task queue that is down). Once a write's call has
+*returned*, the writer records the row's new version in a Redis sorted set (``ZADD GT``:
+the highest version known to be committed and returned).
 
 R reader processes loop: read that sorted set first, then read the rows through
 ``Book.objects.cached()`` in many shapes (``get``, instances, ``values``,
@@ -103,6 +105,14 @@ class _Rollback(Exception):
     pass
 
 
+class _QueueDown(Exception):
+    pass
+
+
+def _enqueue() -> None:
+    raise _QueueDown("the task queue is down")
+
+
 class Writer:
     """Owns some rows (so it knows their versions without reading them) and shares one
     row with the other writers, which it only changes under a row lock."""
@@ -119,7 +129,7 @@ class Writer:
         self.ops: list[Callable[[], dict[int, int]]] = [
             self.op_save, self.op_update, self.op_atomic, self.op_bulk_update,
             self.op_raw_sql, self.op_atomic_update, self.op_rolled_back_savepoint,
-            self.op_locked_shared_row,
+            self.op_locked_shared_row, self.op_manual_commit, self.op_failing_callback,
         ]
 
     def _next(self, pk: int, step: int = 1) -> int:
@@ -195,6 +205,34 @@ class Writer:
             with contextlib.suppress(_Rollback), transaction.atomic():
                 self.Book.objects.filter(pk=pk).update(price=self._next(pk, 2))
                 raise _Rollback
+        return dict([self._done(pk, self._next(pk))])
+
+    def op_manual_commit(self) -> dict[int, int]:
+        """Autocommit off, an update, some work, ``commit()``: readers may cache the old
+        row between the update and the COMMIT."""
+        from django.db import transaction
+
+        pk = self.rng.choice(self.own)
+        transaction.set_autocommit(False)
+        try:
+            self.Book.objects.filter(pk=pk).update(price=self._next(pk))
+            time.sleep(self.rng.uniform(0, 0.01))
+            transaction.commit()
+        finally:
+            if not transaction.get_autocommit():
+                transaction.rollback()
+                transaction.set_autocommit(True)
+        return dict([self._done(pk, self._next(pk))])
+
+    def op_failing_callback(self) -> dict[int, int]:
+        """An ``on_commit`` callback registered before the write raises after the
+        COMMIT; the write is committed all the same."""
+        from django.db import transaction
+
+        pk = self.rng.choice(self.own)
+        with contextlib.suppress(_QueueDown), transaction.atomic():
+            transaction.on_commit(_enqueue)
+            self.Book.objects.filter(pk=pk).update(price=self._next(pk))
         return dict([self._done(pk, self._next(pk))])
 
     def op_locked_shared_row(self) -> dict[int, int]:

@@ -4,7 +4,13 @@ uncached, with zero SQL, and is fresh after a write to any table it reads."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
+import pickle
+import subprocess
+import sys
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from django.core.paginator import Paginator
@@ -29,6 +35,7 @@ from django.db.models import (
 )
 from django.db.models.functions import Coalesce, Lower
 
+from relaycache import InMemoryCache
 from tests.orm.support import ORM_SCENARIO, outcome, read, snap
 from tests.ormapp.models import (
     AllTypes,
@@ -531,3 +538,51 @@ def _raise_price(shop):
 ], ids=["over-an-aggregate-annotation", "alias-named-like-a-field"])
 def test_aggregate_forms_are_cached(aggregate, write, scenario, shop):
     scenario.check_write(lambda: write(shop), read(books, aggregate))
+
+
+def test_pickled_querysets_and_queries_stay_cached(shop, django_assert_num_queries):
+    """Django pickles querysets (evaluated) and their ``query`` into caches and
+    sessions; unpickled, they are still cached, and served from the cache."""
+    queryset = Book.objects.cached(ttl=30, tags=["books"]).filter(price__gt=8).order_by("id")
+    restored = pickle.loads(pickle.dumps(queryset))  # pickling evaluates it: a miss
+    assert [(book.pk, book.title, book.price, book._state.db) for book in restored] == [
+        (book.pk, book.title, book.price, book._state.db) for book in queryset]
+    assert restored.cache_options == queryset.cache_options
+    with django_assert_num_queries(0):
+        again = list(restored.all())
+    assert snap(again) == snap(list(queryset))
+    rebuilt = Book.objects.all()
+    rebuilt.query = pickle.loads(pickle.dumps(queryset.query))
+    with django_assert_num_queries(0):
+        assert snap(list(rebuilt)) == snap(list(queryset))
+
+
+_UNPICKLE_IN_A_CHILD = """
+import json, pickle, sys
+import django
+django.setup()
+from tests.ormapp.models import Book
+queryset, query = pickle.loads(sys.stdin.buffer.read())
+rebuilt = Book.objects.all()
+rebuilt.query = query
+print(json.dumps({"titles": [book.title for book in queryset],
+                  "cached": queryset.filter(pk__gt=0).cache_info().cached,
+                  "rebuilt": rebuilt.cache_info().cached}))
+"""
+
+
+def test_a_pickled_queryset_is_unpickled_and_cached_in_another_process(shop):
+    queryset = Book.objects.cached().filter(price__gt=8).order_by("id")
+    child = subprocess.run(
+        [sys.executable, "-c", _UNPICKLE_IN_A_CHILD],
+        input=pickle.dumps((queryset, queryset.query)), capture_output=True, timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}, check=False)
+    assert child.returncode == 0, child.stderr.decode()
+    assert json.loads(child.stdout) == {
+        "titles": [book.title for book in queryset], "cached": True, "rebuilt": True}
+
+
+def test_a_queryset_cached_on_a_given_backend_says_why_it_cannot_be_pickled():
+    with pytest.raises(pickle.PicklingError, match=r"cached\(backend=\.\.\.\)"):
+        pickle.dumps(Book.objects.cached(backend=InMemoryCache()).query)

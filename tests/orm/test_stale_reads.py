@@ -37,7 +37,8 @@ pytestmark = [
 
 WRITERS, READERS = 2, 4
 OPERATIONS = {"op_save", "op_update", "op_atomic", "op_bulk_update", "op_raw_sql",
-              "op_atomic_update", "op_rolled_back_savepoint", "op_locked_shared_row"}
+              "op_atomic_update", "op_rolled_back_savepoint", "op_locked_shared_row",
+              "op_manual_commit", "op_failing_callback"}
 
 
 @pytest.fixture(autouse=True)

@@ -1,10 +1,12 @@
-"""Transactions: read-your-own-writes inside ``atomic``, invalidation at the commit,
-nothing to undo at a rollback."""
+"""Transactions: read-your-own-writes inside ``atomic`` and with autocommit off,
+invalidation at the commit, nothing to undo at a rollback."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, ProgrammingError, connection, transaction
 from django.db.models import Count
 
 from tests.orm.support import ORM_SCENARIO, in_thread, read, snap
@@ -221,3 +223,91 @@ def test_no_stale_set_when_a_write_commits_during_a_miss(scenario, shop, orm_cac
     assert orm_cache.stats.stores_rejected == rejected + 1
     monkeypatch.setattr(orm_cache, "store_if_current", store)
     assert scenario.fresh(labels)[-1] == "concurrent"
+
+
+# -- transactions managed by hand (autocommit off) -----------------------------------------
+
+@contextlib.contextmanager
+def autocommit_off():
+    """``set_autocommit(False)`` for the block; rolled back and restored if left open."""
+    transaction.set_autocommit(False)
+    try:
+        yield
+    finally:
+        if not transaction.get_autocommit():
+            transaction.rollback()
+            transaction.set_autocommit(True)
+
+
+def test_manual_transaction_reads_its_writes_and_stores_nothing(scenario, shop, orm_cache):
+    """The issue's case: a cached read after ``update()`` in a manual transaction, then
+    ``rollback()``: the value that was never committed must not be served."""
+    titles = book_titles()
+    before = scenario.warm(titles)
+    genres = read(lambda: Genre.objects.order_by("slug"))
+    scenario.warm(genres)
+    with autocommit_off():
+        Book.objects.filter(pk=shop.dune.pk).update(title="999")
+        info = Book.objects.cached().values_list("title", flat=True).cache_info()
+        assert (info.cached, info.reason) == (False, DIRTY)
+        assert scenario.cached(titles)[0] == "999"
+        scenario.hit(genres)  # a table it did not write is still served...
+        assert Genre.objects.cached().cache_info().store is False  # ...nothing is stored
+        stores = orm_cache.stats.stores
+        assert scenario.cached(read(lambda: Genre.objects.filter(slug="sf")))
+        assert orm_cache.stats.stores == stores
+        transaction.rollback()
+        transaction.set_autocommit(True)
+    assert snap(scenario.fresh(titles)) == snap(before)
+
+
+def test_manual_commit_invalidates_again(scenario, shop, orm_cache):
+    """A write is invalidated when it runs and again right after ``commit()``: a reader
+    may have cached the old rows in between (test_commit_processes.py has one)."""
+    titles = book_titles()
+    scenario.warm(titles)
+    with autocommit_off():
+        Book.objects.filter(pk=shop.dune.pk).update(title="first")
+        Book.objects.filter(pk=shop.spqr.pk).update(title="second")
+        invalidations = orm_cache.stats.invalidations
+        transaction.commit()
+        assert orm_cache.stats.invalidations == invalidations + 1
+        Review.objects.create(book=shop.dune, stars=1)  # a new transaction, rolled back
+        transaction.rollback()
+        transaction.set_autocommit(True)
+    assert orm_cache.stats.invalidations == invalidations + 2  # at the write only
+    after = scenario.fresh(titles)
+    assert (after[0], after[4]) == ("first", "second")
+
+
+def test_atomic_inside_a_manual_transaction(scenario, shop):
+    """``atomic`` with autocommit off commits nothing when it exits: its writes stay
+    this connection's until ``commit()``."""
+    titles = book_titles()
+    scenario.warm(titles)
+    with autocommit_off():
+        with transaction.atomic():
+            Book.objects.filter(pk=shop.dune.pk).update(title="inside")
+            assert Genre.objects.cached().cache_info().store is False
+        assert Book.objects.cached().cache_info().reason == DIRTY
+        assert scenario.cached(titles)[0] == "inside"
+        transaction.commit()
+        transaction.set_autocommit(True)
+    assert scenario.fresh(titles)[0] == "inside"
+
+
+def test_autocommit_turned_back_on_with_a_transaction_open(scenario, shop, orm_cache):
+    """SQLite commits it (no ``commit()`` call): the writes are invalidated then.
+    psycopg refuses (Django requires ``commit()`` or ``rollback()`` first)."""
+    titles = book_titles()
+    scenario.warm(titles)
+    with autocommit_off():
+        Book.objects.filter(pk=shop.dune.pk).update(title="implicit")
+        invalidations = orm_cache.stats.invalidations
+        if connection.vendor != "sqlite":
+            with pytest.raises(ProgrammingError):
+                transaction.set_autocommit(True)
+            return
+        transaction.set_autocommit(True)
+    assert orm_cache.stats.invalidations == invalidations + 1
+    assert scenario.fresh(titles)[0] == "implicit"

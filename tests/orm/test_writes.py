@@ -10,6 +10,7 @@ from django.core.management import call_command
 from django.db import connection
 from django.db.models import Count, Exists, F, OuterRef, Sum
 
+from relaycache.orm.sqlwrites import ALL_TABLES, changes_views, written_tables
 from tests.orm.support import ORM_SCENARIO, outcome, read
 from tests.ormapp.models import (
     Book,
@@ -495,3 +496,19 @@ def test_mti_book_writes_invalidate_ebook_reads(scenario, shop):
                          read(lambda: Ebook.objects.values_list("title", flat=True)))
     scenario.check_write(lambda: Book.objects.filter(pk=ebook.pk).delete(), ebooks,
                          read(lambda: Ebook.objects.all(), lambda qs: qs.count()))
+
+
+# -- statements that write through another object ------------------------------------------
+# (run against PostgreSQL's objects in test_indirect_writes.py)
+
+def test_statement_classification_of_views_and_procedures():
+    assert written_tables('REFRESH MATERIALIZED VIEW CONCURRENTLY "public"."mv"') == {"mv"}
+    assert written_tables("refresh materialized view mv with no data") == {"mv"}
+    assert written_tables("CALL bump()") == ALL_TABLES
+    for ddl in ("CREATE OR REPLACE VIEW v AS SELECT 1", "/* migration */ DROP VIEW v",
+                "ALTER MATERIALIZED VIEW mv RENAME TO mv2", "ALTER TABLE t RENAME TO u",
+                "CREATE RULE r AS ON INSERT TO v DO INSTEAD NOTHING"):
+        assert changes_views(ddl), ddl
+    for other in ("CREATE TABLE t (a int)", "SELECT * FROM view_of_books",
+                  "UPDATE t SET review = 1"):
+        assert not changes_views(other), other

@@ -124,3 +124,17 @@ class Plain(models.Model):
 
     name = models.CharField(max_length=50)
     book = models.ForeignKey(Book, null=True, on_delete=models.CASCADE, related_name="plains")
+
+
+class SchemaNote(models.Model):
+    """A table in another schema, by Django's ``db_table`` trick. Unmanaged: on
+    PostgreSQL the test that uses it creates the schema and the table (SQLite has no
+    schemas)."""
+
+    text = models.CharField(max_length=50)
+
+    objects = CachedManager()
+
+    class Meta:
+        managed = False
+        db_table = 'ormapp_elsewhere"."note'

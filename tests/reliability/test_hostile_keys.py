@@ -1,7 +1,7 @@
 """Hostile keys, tags and prefixes on a real server and on a real Cluster: stored and
-read back exactly, at the documented length limits; one character over, or empty, is
-a clear ``ValueError``; ``clear()`` with glob characters in its prefixes deletes only
-this cache's keys."""
+read back exactly up to the documented length limits, digested beyond them (and still
+invalidated, still apart); empty or unencodable names are a clear ``ValueError``;
+``clear()`` with glob characters in its prefixes deletes only this cache's keys."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from relaycache import RedisCache, cache, invalidate
-from relaycache.core.keys import MAX_KEY_LENGTH, MAX_TAG_LENGTH
+from relaycache.core.keys import MAX_KEY_LENGTH, MAX_TAG_LENGTH, bounded_key
 from tests.servers import HOST
 
 pytest_plugins = ("tests.servers",)
@@ -103,26 +103,21 @@ def test_hostile_keys_and_tags_round_trip(client_factory):
     backend.clear()
 
 
-def test_limits_and_empty_names_are_clear_errors(client_factory):
+def test_empty_names_are_clear_errors_and_long_ones_are_not(client_factory):
     backend = RedisCache(client_factory(), default_ttl=60, value_prefix="lim:",
                          meta_prefix="lim-meta:")
-    too_long_key, too_long_tag = "k" * (MAX_KEY_LENGTH + 1), "t" * (MAX_TAG_LENGTH + 1)
     for call in [
-        lambda: backend.set(too_long_key, 1),
-        lambda: backend.get(too_long_key),
-        lambda: backend.get_or_set(too_long_key, lambda: 1),
-        lambda: backend.delete(too_long_key),
         lambda: backend.set("", 1),
         lambda: backend.get(""),
-        lambda: backend.set("k", 1, tags=[too_long_tag]),
-        lambda: backend.get("k", tags=[too_long_tag]),
-        lambda: backend.invalidate([too_long_tag]),
+        lambda: backend.get_or_set("", lambda: 1),
+        lambda: backend.delete(""),
         lambda: backend.set("k", 1, tags=[""]),
+        lambda: backend.get("k", tags=[""]),
         lambda: backend.invalidate(["ok", ""]),
-        lambda: cache(backend=backend, key=lambda: too_long_key)(lambda: 1)(),
-        lambda: cache(backend=backend, tags=[too_long_tag])(lambda: 1)(),
+        lambda: cache(backend=backend, key=lambda: "")(lambda: 1)(),
+        lambda: cache(backend=backend, tags=[""])(lambda: 1)(),
     ]:
-        with pytest.raises(ValueError, match=r"characters"):
+        with pytest.raises(ValueError, match="empty"):
             call()
     # A key that would land in the stamp namespace is refused, not written over a stamp.
     shared = RedisCache(client_factory(), value_prefix="sh:", meta_prefix="sh:meta:")
@@ -131,8 +126,62 @@ def test_limits_and_empty_names_are_clear_errors(client_factory):
     # Nothing was written or left pending by the refused calls.
     assert backend.pending_invalidations == [] and shared.pending_invalidations == []
     assert not [k for k in _all_keys(backend.redis_client) if k.startswith((b"lim", b"sh:"))]
-    assert backend.set("k" * MAX_KEY_LENGTH, 1, tags=["t" * MAX_TAG_LENGTH])
-    assert backend.get("k" * MAX_KEY_LENGTH, tags=["t" * MAX_TAG_LENGTH]) == 1
+    # One character over the limits is stored like any key (digested).
+    for length in (MAX_KEY_LENGTH, MAX_KEY_LENGTH + 1):
+        assert backend.set("k" * length, length, tags=["t" * (length // 2 + 1)])
+        assert backend.get("k" * length, tags=["t" * (length // 2 + 1)]) == length
+    backend.clear()
+
+
+def test_long_keys_and_tags_from_request_input_are_digested_and_still_invalidated(
+        client_factory):
+    """The README's ``key=lambda slug: f"books_top:{slug}"`` with a slug from the
+    request: a 600-character slug used to fail the page with ``ValueError``."""
+    client = client_factory()
+    backend = RedisCache(client, default_ttl=60, value_prefix="lk:", meta_prefix="lk-meta:")
+    rows = {"n": 0}
+
+    @cache(backend=backend, tags=lambda slug: [f"books_top:{slug}", "books"],
+           key=lambda slug: f"books_top:{slug}")
+    def get_books_top(slug):
+        rows["n"] += 1
+        return {"slug": slug[-8:], "n": rows["n"]}
+
+    long_slug = "s" * 600
+    twin_slug = "s" * 5000 + "-a"  # the same first characters as the next one
+    other_slug = "s" * 5000 + "-b"
+    first = get_books_top(long_slug)
+    assert get_books_top(long_slug) == first and backend.stats.hits == 1
+    twin, other = get_books_top(twin_slug), get_books_top(other_slug)
+    assert twin["slug"] != other["slug"] and rows["n"] == 3, "long keys collided"
+    assert get_books_top(other_slug) == other and backend.stats.hits == 2
+
+    # What reaches Redis is bounded: readable first characters and a digest.
+    stored = {k for k in _all_keys(client) if k.startswith(b"lk")}
+    longest = max(len(k) for k in stored)
+    assert longest <= len("lk-meta:t:") + MAX_KEY_LENGTH + 33, longest
+    assert ("lk:books_top:" + "s" * 100).encode() in {k[:113] for k in stored}
+
+    # invalidate() with the long tag addresses the stamp the entry was stored under,
+    # from this process or from another one; the other long entries stay.
+    invalidate([f"books_top:{twin_slug}"], backend=backend)
+    assert get_books_top(twin_slug)["n"] == 4
+    elsewhere = RedisCache(client_factory(), default_ttl=60, value_prefix="lk:",
+                           meta_prefix="lk-meta:")
+    assert elsewhere.get(f"books_top:{other_slug}", MISS,
+                         tags=[f"books_top:{other_slug}", "books"]) == other
+    elsewhere.invalidate([f"books_top:{other_slug}"])
+    assert get_books_top(other_slug)["n"] == 5
+    assert get_books_top(long_slug) == first
+
+    # A key crafted to be a long key's stored name is not that key: it is longer than
+    # the limit itself, so it is digested in turn.
+    long_key = f"books_top:{long_slug}" * 3
+    assert backend.set(long_key, "genuine")
+    crafted = bounded_key(long_key)
+    assert backend.set(crafted, "forged")
+    assert backend.get(long_key) == "genuine" and backend.get(crafted) == "forged"
+    assert backend.stats.errors == 0 and backend.pending_invalidations == []
     backend.clear()
 
 

@@ -151,3 +151,53 @@ def test_breaker_opens_under_a_black_hole_and_closes_after_healing(proxied):
     print(f"\nblack hole: breaker open after {opened_after} call(s); per-call seconds "
           f"{[round(t, 2) for t in timings]} over {blackholed_for:.1f} s; closed "
           f"{closed_after:.2f} s after healing (cooldown 1 s); stats {backend.stats.snapshot()}")
+
+
+def test_an_invalidation_over_a_slow_link_reaches_processes_with_a_healthy_one(
+        redis_server, tcp_proxy_factory):
+    """A writer whose replies take 1 s (5 times its timeout) returns within its timeout
+    and serves fresh data at once; its invalidation must still reach Redis, so that a
+    process with a healthy link stops serving the old row. It used to be retried with
+    the callers' timeout: each new connection's setup (redis-py's handshake, the
+    restart check) timed out before the write was sent, for as long as the link
+    stayed slow. The redelivery waits for the link instead (docs/failure.md bounds the
+    gap: about six of its round trips)."""
+    proxy = tcp_proxy_factory(redis_server.port)
+    value_prefix = prefix("link")
+    options = {"default_ttl": 60, "value_prefix": value_prefix,
+               "meta_prefix": value_prefix + "meta:"}
+    writer = RedisCache(redis.Redis(host=HOST, port=proxy.port), socket_timeout=TIMEOUT,
+                        breaker=CircuitBreaker(threshold=3, cooldown=1), **options)
+    healthy = RedisCache(redis.Redis(host=HOST, port=redis_server.port), **options)
+    database = {"title": "old"}
+
+    def reader(backend):
+        return cache(backend=backend, tags=["book:1"], key=lambda: "book:1")(
+            lambda: database["title"])
+
+    read_writer, read_healthy = reader(writer), reader(healthy)
+    assert read_healthy() == "old" and read_writer() == "old" and writer.stats.hits == 1
+
+    proxy.delay = 1.0
+    assert writer.get("other", MISS) is MISS  # timed out: its connection is dropped
+    database["title"] = "new"
+    began = time.monotonic()
+    writer.invalidate(["book:1"])
+    returned = time.monotonic() - began
+    assert returned < 4 * TIMEOUT + 0.3, f"invalidate() took {returned:.2f} s"
+    assert writer.pending_invalidations == ["book:1"]
+    # Meanwhile the writer reads fresh data, and waits on nothing to do so.
+    began = time.monotonic()
+    assert read_writer() == "new"
+    assert time.monotonic() - began < 0.1, "a read waited on the pending invalidation"
+
+    assert wait_until(lambda: read_healthy() == "new", 10, 0.05), (
+        "the invalidation never reached Redis over the slow link")
+    gap = time.monotonic() - began
+    assert gap < 6 * proxy.delay + 1.0, f"it took {gap:.1f} s to land"
+    assert wait_until(lambda: writer.pending_invalidations == [], 10, 0.05)
+    assert read_healthy() == "new" and healthy.stats.hits >= 1
+    proxy.heal()
+    print(f"\nslow link (+{proxy.delay or 1.0} s per reply, socket_timeout {TIMEOUT} s): "
+          f"invalidate() returned in {returned:.2f} s, landed {gap:.1f} s later; "
+          f"writer stats {writer.stats.snapshot()}")

@@ -5,8 +5,11 @@
     manage.py relaycache invalidate --all
     manage.py relaycache stats [--sample 1000] [--top 10]
     manage.py relaycache inspect KEY [--value]
+    manage.py relaycache listen [--database default] [--setup | --drop] [--interval 0.1]
 
-Every subcommand works on the default backend (``RELAYCACHE``) and takes ``--json``.
+Every subcommand works on the default backend (``RELAYCACHE``); all but ``listen``
+take ``--json``. ``listen`` is the change-feed worker of
+:class:`~relaycache.orm.feed.Feed` (docs/feed.md): it runs until stopped.
 The command only parses options and formats output: ``stats`` and ``inspect`` are
 :func:`~relaycache.backends.introspect.storage_summary` and
 :func:`~relaycache.backends.introspect.inspect_entry`, which read any backend through
@@ -16,17 +19,22 @@ on a sample); they never write.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import connections
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 
 from relaycache.backends.base import BaseCache
 from relaycache.backends.introspect import STORE_MEMORY, inspect_entry, storage_summary
 from relaycache.core.defaults import get_default_backend
 from relaycache.core.keys import check_tags
+from relaycache.orm.feed import DEFAULT_INTERVAL, Feed, FeedError, feed_status
 from relaycache.orm.invalidation import database_tag
 from relaycache.orm.targets import model_tags, resolve_model
 
@@ -55,7 +63,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True, title="subcommands",
-                                    metavar="{invalidate,stats,inspect}")
+                                    metavar="{invalidate,stats,inspect,listen}")
         inv = sub.add_parser(
             "invalidate", help="drop every entry under tags, models or databases",
             description="Invalidate tags (--tag), the tables of models (--model) or "
@@ -91,10 +99,31 @@ class Command(BaseCommand):
         for subparser in (inv, stats, inspect):
             subparser.add_argument("--json", action="store_true",
                                    help="print JSON instead of text")
+        listen = sub.add_parser(
+            "listen", help="invalidate the writes Django never sees, fed by PostgreSQL",
+            description="The change-feed worker (docs/feed.md): reads every committed "
+                        "change of a PostgreSQL database from its logical replication slot "
+                        "and invalidates the tables written. Runs until stopped; several "
+                        "may run for one database (one leads, the others stand by). "
+                        "--setup creates the slot once, --drop removes it.")
+        listen.add_argument("--database", default=DEFAULT_DB_ALIAS, metavar="ALIAS",
+                            help="the database alias to listen to (default 'default')")
+        once = listen.add_mutually_exclusive_group()
+        once.add_argument("--setup", action="store_true",
+                          help="check wal_level, create the replication slot, and exit")
+        once.add_argument("--drop", action="store_true",
+                          help="drop the replication slot (PostgreSQL stops keeping WAL "
+                               "for it), and exit")
+        listen.add_argument("--interval", type=float, default=DEFAULT_INTERVAL,
+                            help="seconds between polls once caught up "
+                                 f"(default {DEFAULT_INTERVAL})")
 
     def handle(self, *args: Any, **options: Any) -> None:
         backend = get_default_backend()
         action = options["action"]
+        if action == "listen":
+            self.listen(options)
+            return
         try:
             if action == "invalidate":
                 data, lines = self.invalidate(backend, options)
@@ -214,7 +243,95 @@ class Command(BaseCommand):
             if storage["top_tags"]:
                 lines.append("Top tags in the sample (entries):")
                 lines += [f"  {count:>8,}  {_short(tag)}" for tag, count in storage["top_tags"]]
-        return data, lines
+        data["feed"], feed_lines = self._feed(backend)
+        return data, lines + feed_lines
+
+    def _feed(self, backend: BaseCache) -> tuple[dict[str, Any], list[str]]:
+        """The change feed's part of ``stats``: where each database's worker stands."""
+        try:
+            feed = feed_status(backend)
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from None
+        databases = feed["databases"]
+        if not feed["configured"] and not any(databases.values()):
+            return feed, ["Change feed: not configured (RELAYCACHE['FEED']), no worker has "
+                          "recorded progress"]
+        lines = [f"Change feed (relaycache listen; MAX_LAG {feed['max_lag']} s):"]
+        for alias, record in databases.items():
+            if record is None:
+                lines.append(f"  {alias:<22} no worker has recorded progress")
+                continue
+            lag = record.get("lag")
+            lines.append(
+                f"  {alias:<22} "
+                + ("not caught up yet" if lag is None else f"caught up {lag:.1f} s ago")
+                + f", slot {record.get('slot')} at {record.get('lsn')}, "
+                  f"worker {record.get('worker')}")
+            commit_lag = record.get("commit_lag")
+            if commit_lag:
+                lines.append(
+                    f"  {'':<22} commit to invalidation: p50 {commit_lag['p50'] * 1000:,.0f} ms,"
+                    f" p99 {commit_lag['p99'] * 1000:,.0f} ms over the last "
+                    f"{commit_lag['samples']:,} transactions "
+                    f"({record.get('transactions', 0):,} since the worker started)")
+        return feed, lines
+
+    # -- listen -----------------------------------------------------------------------
+
+    def listen(self, options: dict[str, Any]) -> None:
+        alias: str = options["database"]
+        if options["interval"] <= 0:
+            raise CommandError("--interval must be positive")
+        try:
+            feed = Feed(alias, interval=options["interval"])
+            if options["setup"]:
+                self._setup(feed)
+            elif options["drop"]:
+                dropped = feed.drop()
+                self.stdout.write(f"Dropped replication slot {feed.slot!r}." if dropped else
+                                  f"No replication slot {feed.slot!r} to drop.")
+            else:
+                self.stdout.write(f"Listening to database {alias!r} through replication "
+                                  f"slot {feed.slot!r} (stop with Ctrl-C).")
+                with self._feed_log(options["verbosity"]):
+                    feed.run()
+        except (FeedError, ImproperlyConfigured) as exc:
+            raise CommandError(str(exc)) from None
+        except DatabaseError as exc:
+            raise CommandError(f"database {alias!r}: {exc}".strip()) from exc
+        except KeyboardInterrupt:  # Ctrl-C: nothing unconfirmed is lost by stopping here
+            self.stdout.write("Stopped.")
+
+    def _setup(self, feed: Feed) -> None:
+        done = feed.setup()
+        self.stdout.write(self.style.SUCCESS(
+            f"{'Created' if done['created'] else 'Found'} replication slot {feed.slot!r} on "
+            f"database {feed.using!r}. Now keep `manage.py relaycache listen --database "
+            f"{feed.using}` running."))
+        if done["max_slot_wal_keep_size"] == "-1":
+            self.stderr.write(self.style.WARNING(
+                "max_slot_wal_keep_size is -1: while no worker runs, PostgreSQL keeps every "
+                "WAL segment for this slot, without limit. Bound it (ALTER SYSTEM SET "
+                "max_slot_wal_keep_size = '10GB'; SELECT pg_reload_conf()); a worker away "
+                "longer than that invalidates everything when it returns (docs/feed.md)."))
+
+    @contextlib.contextmanager
+    def _feed_log(self, verbosity: int) -> Iterator[None]:
+        """Show the worker's log on stderr, unless the project's LOGGING handles it."""
+        logger = logging.getLogger("relaycache.feed")
+        if verbosity < 1 or logger.hasHandlers():
+            yield
+            return
+        handler = logging.StreamHandler(self.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        level = logger.level
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
 
     # -- inspect ----------------------------------------------------------------------
 
