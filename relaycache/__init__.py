@@ -1,7 +1,9 @@
 """RelayCache: an ORM-aware, tag-invalidated cache for Django on Redis.
 
 The core (this module and :mod:`relaycache.backends`) needs no Django settings; the
-ORM names below are imported on first use.
+ORM names below are imported on first use. Every name the relaycache 0.1 library
+(import name ``custom_cache``) documented is here too: ``KeyBuilder``,
+``AioredisCache``, ``AsyncRedisKeyLock``, ``default_backend``.
 """
 
 from __future__ import annotations
@@ -9,15 +11,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .backends.base import BaseCache
+from .backends.locks import AsyncRedisKeyLock
 from .backends.memory import InMemoryCache
 from .backends.near import NearCache
-from .backends.redis import RedisCache
+from .backends.redis import AioredisCache, RedisCache
 from .core.breaker import CircuitBreaker
 from .core.codec import register_type
 from .core.compression import Zstd
 from .core.decorator import CachedFunction, ainvalidate, cache, invalidate
 from .core.defaults import get_default_backend, set_default_backend
 from .core.events import add_listener, remove_listener
+from .core.keys import KeyBuilder
+from .core.proxy import default_backend
 from .core.stats import Stats
 
 if TYPE_CHECKING:
@@ -28,6 +33,8 @@ if TYPE_CHECKING:
 __version__ = "0.2.0.dev0"
 
 __all__ = [
+    "AioredisCache",
+    "AsyncRedisKeyLock",
     "BaseCache",
     "CachedFunction",
     "CachedManager",
@@ -35,6 +42,7 @@ __all__ = [
     "CachedQuerySetMixin",
     "CircuitBreaker",
     "InMemoryCache",
+    "KeyBuilder",
     "NearCache",
     "RedisCache",
     "Stats",
@@ -42,6 +50,7 @@ __all__ = [
     "add_listener",
     "ainvalidate",
     "cache",
+    "default_backend",
     "get_default_backend",
     "invalidate",
     "invalidate_model",

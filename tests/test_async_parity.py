@@ -80,7 +80,7 @@ def test_async_singleflight_waiter_gives_up_on_a_hung_leader_after_lease_ttl():
     assert got == "waiter"
     assert waited >= 0.25, "the waiter did not wait for the leader at all"
     assert backend.stats.singleflight_waits == 1
-    assert backend.get("k") == "waiter"  # what the waiter computed was stored
+    assert backend.get("k") == (True, "waiter")  # what the waiter computed was stored
 
 
 # -- 2. undelivered writes are redelivered and reported alike ------------------------
@@ -126,7 +126,7 @@ def test_undelivered_deletes_and_invalidations_are_redelivered_and_logged_alike(
     backend.failures = 1
     backend.delete("doomed")
     assert doomed in _stored(backend), "the delete was expected to fail"
-    if asyncio.run(backend.aget("doomed", "bypassed")) != "bypassed":
+    if asyncio.run(backend.aget("doomed")) != (False, None):
         problems.append("the async path served an entry whose delete is pending")
     if not _wait_until(lambda: doomed not in _stored(backend)):
         problems.append("the pending delete was not redelivered")
@@ -140,7 +140,7 @@ def test_undelivered_deletes_and_invalidations_are_redelivered_and_logged_alike(
     if "not delivered yet" not in caplog.text:
         problems.append(f"no 'not delivered yet' line on the async path: {caplog.text!r}")
     assert _wait_until(lambda: other.pending_invalidations == [])
-    assert other.get("book") is None
+    assert other.get("book") == (False, None)
 
     assert problems == []
 
@@ -273,15 +273,16 @@ def test_async_entry_api_and_cached_view_without_thread_hops(backend, monkeypatc
     async def entries():
         stored = await backend.aset("k", {"a": [1, 2]}, tags=["t"])
         got = await backend.aget("k", tags=["t"])
-        absent = await backend.aget("absent", "default")
+        absent = await backend.aget("absent")
         await backend.adelete("k")
-        deleted = await backend.aget("k", "gone", tags=["t"])
+        deleted = await backend.aget("k", tags=["t"])
         await backend.aset("k2", 5, tags=["t"])
         await backend.ainvalidate(["t"])
-        invalidated = await backend.aget("k2", "gone", tags=["t"])
+        invalidated = await backend.aget("k2")
         return stored, got, absent, deleted, invalidated
 
-    assert asyncio.run(entries()) == (True, {"a": [1, 2]}, "default", "gone", "gone")
+    miss = (False, None)
+    assert asyncio.run(entries()) == (True, (True, {"a": [1, 2]}), miss, miss, miss)
     # and the sync API agrees with the async one, both ways
     assert backend.set("sync", [1], tags=["t"])
 
@@ -290,8 +291,8 @@ def test_async_entry_api_and_cached_view_without_thread_hops(backend, monkeypatc
         await backend.aset("async", (1, 2), tags=["t"])
         return from_sync
 
-    assert asyncio.run(cross()) == [1]
-    assert backend.get("async", tags=["t"]) == (1, 2)
+    assert asyncio.run(cross()) == (True, [1])
+    assert backend.get("async", tags=["t"]) == (True, (1, 2))
 
 
 # -- a cancelled task still releases what it holds ---------------------------------------

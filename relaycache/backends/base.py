@@ -23,7 +23,14 @@ from typing import Any, TypeVar
 
 from ..core.breaker import CircuitBreaker
 from ..core.compression import Zstd
-from ..core.keys import MAX_KEY_LENGTH, bounded_key, check_key, check_tags, check_ttl
+from ..core.keys import (
+    MAX_KEY_LENGTH,
+    bounded_key,
+    check_key,
+    check_tags,
+    check_ttl,
+    tags_problem,
+)
 from ..core.stats import Stats
 from . import flow
 from .flow import COMPUTE, FAILED, WAIT, Flow, Stamps, Undelivered
@@ -34,6 +41,7 @@ logger = logging.getLogger("relaycache")
 
 T = TypeVar("T")
 _MAX_REMEMBERED_TAG_LISTS = 4096
+_MAX_REMEMBERED_KEYS = 8192
 
 
 @dataclass(frozen=True)
@@ -152,6 +160,8 @@ class BaseCache:
         self._retry_thread: threading.Thread | None = None
         self._last_retry_log = -5.0
         self._addressed: dict[tuple[str, ...], tuple[list[str], list[str]]] = {}
+        self._value_keys: dict[str, str] = {}
+        self._ttl_ms: dict[float, int] = {}
 
     # -- the storage contract ------------------------------------------------------
 
@@ -256,20 +266,28 @@ class BaseCache:
     # -- naming ---------------------------------------------------------------------
 
     def value_key(self, key: str) -> str:
-        """The stored key of the entry ``key`` (a long one digested: ``bounded_key``)."""
+        """The stored key of the entry ``key`` (a long one digested: ``bounded_key``).
+        Remembered per key, since hits repeat the same ones: a hit pays a dict lookup,
+        not the checks."""
+        if key.__class__ is str:
+            found = self._value_keys.get(key)
+            if found is not None:
+                return found
         check_key(key)
         if self._reserved and key.startswith(self._reserved):
             raise ValueError(f"cache keys must not start with {self._reserved!r} (meta_prefix)")
-        if len(key) > MAX_KEY_LENGTH:  # tested here: a hit pays no call for it
-            key = bounded_key(key)
-        return self.value_prefix + key
+        vkey = self.value_prefix + (bounded_key(key) if len(key) > MAX_KEY_LENGTH else key)
+        if len(self._value_keys) >= _MAX_REMEMBERED_KEYS:
+            self._value_keys.clear()
+        self._value_keys[key] = vkey
+        return vkey
 
     def entry_tags(self, tags: Iterable[str]) -> tuple[list[str], list[str]]:
         """The tags an entry is stored under (the caller's and the backend's own) and
         their stamp keys. Remembered per tag list, since hits repeat the same few:
         callers must not change the lists."""
-        if isinstance(tags, (str, bytes)):
-            check_tags(tags)  # raises: a single string is not a list of tags
+        if not isinstance(tags, (list, tuple)) and tags_problem(tags) is not None:
+            check_tags(tags)  # raises: a string, a mapping, None are not lists of tags
         given = tuple(tags)
         try:
             found = self._addressed.get(given)
@@ -294,11 +312,21 @@ class BaseCache:
         return f"{self.meta_prefix}l:{key}"
 
     def ttl_ms(self, ttl: float | None) -> int | None:
-        """``ttl`` (``None``: the default) in whole milliseconds, ``None`` for never."""
+        """``ttl`` (``None``: the default) in whole milliseconds, ``None`` for never.
+        Remembered per ``int``/``float`` ttl: every call checks it, hits included."""
+        if ttl.__class__ is int or ttl.__class__ is float:
+            found = self._ttl_ms.get(ttl)
+            if found is not None:
+                return found
         ttl = check_ttl(ttl)
         if ttl is None:
             ttl = self.default_ttl
-        return None if ttl is None else max(1, int(ttl * 1000))
+            return None if ttl is None else max(1, int(ttl * 1000))
+        ms = max(1, int(ttl * 1000))
+        if len(self._ttl_ms) >= _MAX_REMEMBERED_TAG_LISTS:
+            self._ttl_ms.clear()
+        self._ttl_ms[ttl] = ms
+        return ms
 
     def current_stamps(self, tags: list[str]) -> dict[str, str | None]:
         """The current stamp of each tag (``None``: none, which matches no entry)."""
@@ -311,23 +339,33 @@ class BaseCache:
 
     # -- the cache API ----------------------------------------------------------------
 
-    def get(self, key: str, default: Any = None, *, tags: Iterable[str] = ()) -> Any:
-        """The cached value, or ``default`` when absent or invalidated."""
-        return self._run(flow.get_entry(self, key, default, tags))
+    def get(self, key: str, *, tags: Iterable[str] | None = None) -> tuple[bool, Any]:
+        """``(hit, value)``: ``(True, value)`` for a valid entry (``None`` is a value),
+        ``(False, None)`` when absent, invalidated, expired or unreadable.
 
-    async def aget(self, key: str, default: Any = None, *, tags: Iterable[str] = ()) -> Any:
+        Without ``tags`` the entry is checked against the stamps of the tags it was
+        stored with (it records them): two round trips. With ``tags``, one: an entry
+        stored under other tags is then a miss.
+        """
+        return self._run(flow.get_entry(self, key, tags))
+
+    async def aget(self, key: str, *, tags: Iterable[str] | None = None
+                   ) -> tuple[bool, Any]:
         """Async :meth:`get`."""
-        return await self._arun(flow.get_entry(self, key, default, tags))
+        return await self._arun(flow.get_entry(self, key, tags))
 
     def set(self, key: str, value: Any, ttl: float | None = None, *,
-            tags: Iterable[str] = ()) -> bool:
-        """Store ``value`` under the current stamps of ``tags``; ``False`` if not stored."""
-        return self._run(flow.set_entry(self, key, value, ttl, tags))
+            tags: Iterable[str] | None = None) -> bool:
+        """Store ``value`` under the current stamps of ``tags`` for ``ttl`` seconds
+        (``None``: ``default_ttl``); ``False`` if not stored (backend unavailable, an
+        invalidation of this process undelivered, too large)."""
+        return self._run(flow.set_entry(self, key, value, ttl, () if tags is None else tags))
 
     async def aset(self, key: str, value: Any, ttl: float | None = None, *,
-                   tags: Iterable[str] = ()) -> bool:
+                   tags: Iterable[str] | None = None) -> bool:
         """Async :meth:`set`."""
-        return await self._arun(flow.set_entry(self, key, value, ttl, tags))
+        return await self._arun(flow.set_entry(self, key, value, ttl,
+                                               () if tags is None else tags))
 
     def delete(self, key: str) -> None:
         """Drop one entry (other entries under its tags stay valid); retried like an
@@ -350,28 +388,59 @@ class BaseCache:
         """Async :meth:`invalidate`."""
         await self._arun(flow.invalidate(self, tags))
 
+    def invalidate_tags(self, tags: Iterable[str]) -> None:
+        """:meth:`invalidate`, under the relaycache 0.1 library's name."""
+        self._run(flow.invalidate(self, tags))
+
+    async def ainvalidate_tags(self, tags: Iterable[str]) -> None:
+        """:meth:`ainvalidate`, under the relaycache 0.1 library's name."""
+        await self._arun(flow.invalidate(self, tags))
+
+    # -- the mapping protocol (``backend[key]``), as the relaycache 0.1 library's ----
+
+    def __getitem__(self, key: str) -> Any:
+        """The value of a valid entry (:meth:`get` without tags); ``KeyError`` on a miss."""
+        hit, value = self.get(key)
+        if not hit:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        """:meth:`set` with ``default_ttl`` and no tags."""
+        self.set(key, value)
+
+    def __contains__(self, key: object) -> bool:
+        """Whether ``key`` has a valid entry (one that :meth:`get` would serve)."""
+        return isinstance(key, str) and self.get(key)[0]
+
     def get_or_set(self, key: str, compute: Callable[[], T], *, ttl: float | None = None,
                    tags: Iterable[str] = (), singleflight: bool = False, store: bool = True,
-                   strict: bool = True) -> T:
+                   strict: bool = True, lease_ttl: float | None = None,
+                   lease_wait: float | None = None) -> T:
         """Serve ``key`` from the cache or compute, store and return it.
 
         Concurrent misses of one key in this process compute once (the others wait at
         most ``lease_ttl``); with ``singleflight`` a lease extends that to every
-        process sharing the backend. ``store=False`` serves hits but never stores (a
-        read inside a snapshot transaction); ``strict=False`` returns a value the codec
-        cannot encode uncached instead of raising ``TypeError``.
+        process sharing the backend, and a waiter computes itself after ``lease_wait``
+        seconds (``None``: twice ``lease_ttl``; ``lease_ttl=None``: the cache's).
+        ``store=False`` serves hits but never stores (a read inside a snapshot
+        transaction); ``strict=False`` returns a value the codec cannot encode uncached
+        instead of raising ``TypeError``.
         """
         value: T = self._run(flow.get_or_set(self, self._flights, key, ttl, tags,
-                                             singleflight, store, strict), compute)
+                                             singleflight, store, strict, lease_ttl,
+                                             lease_wait), compute)
         return value
 
     async def aget_or_set(self, key: str, compute: Callable[[], Awaitable[T]], *,
                           ttl: float | None = None, tags: Iterable[str] = (),
                           singleflight: bool = False, store: bool = True,
-                          strict: bool = True) -> T:
+                          strict: bool = True, lease_ttl: float | None = None,
+                          lease_wait: float | None = None) -> T:
         """Async :meth:`get_or_set`: ``compute`` returns an awaitable."""
         return await self._arun(flow.get_or_set(self, self._task_flights, key, ttl, tags,
-                                                singleflight, store, strict), compute)
+                                                singleflight, store, strict, lease_ttl,
+                                                lease_wait), compute)
 
     @property
     def pending_invalidations(self) -> list[str]:

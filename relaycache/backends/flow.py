@@ -9,7 +9,9 @@ that raises one of the backend's ``errors`` comes back as :data:`FAILED` (fail-o
 This is the shape of httpx's ``Auth.auth_flow``.
 
 An entry is ``orjson([tags, stamps, value])``. It is served only if its tags are the
-ones asked for and every stamp equals that tag's current stamp; the stamps are taken
+ones asked for (by ``get`` without tags: the ones it was stored under, which it
+records) and every stamp equals that tag's current stamp (:func:`_judge`, the one
+decision every read goes through); the stamps are taken
 *before* the value is computed, so an invalidation that lands while it is computed
 makes it unservable (no stale set), and a missing stamp is never equal to anything.
 """
@@ -128,54 +130,140 @@ def encode_for_store(cache: BaseCache, tags: list[str], stamps: Stamps, value: A
     return raw
 
 
-def _unpack(cache: BaseCache, vkey: str, raw: Any, tags: list[str], stamps: Stamps
-            ) -> tuple[bool, Any]:
+class _Corrupt:
+    """What :func:`_read` returns for bytes that are not an entry."""
+
+    __slots__ = ()
+
+
+_CORRUPT = _Corrupt()
+Entry = tuple[bytes, Any, Any, Any]
+"""A decoded entry: its (decompressed) bytes, tags, stamps and encoded value."""
+
+
+def _read(cache: BaseCache, raw: Any) -> Entry | _Corrupt | None:
+    """Decode a fetched entry: ``None`` if absent, :data:`_CORRUPT` if not an entry."""
     if raw is None:
-        return _missed(cache, vkey, "absent")
+        return None
     try:
         if cache.compression is not None:
             raw = cache.compression.decompress(raw)
         entry_tags, entry_stamps, data = orjson.loads(raw)
-        fresh = entry_tags == tags and entry_stamps == stamps and None not in stamps
-        value = from_json(data) if fresh and may_hold_markers(raw) else data
     except (ValueError, TypeError, KeyError, LookupError) as exc:
         logger.warning("relaycache: corrupt entry treated as a miss: %s", exc)
-        return _missed(cache, vkey, "corrupt")
-    if not fresh:
-        return _missed(cache, vkey, "stale")
-    cache.stats.incr("hits")
-    if events.listeners:
-        events.emit("hit", cache, key=vkey)
-    return True, value
+        return _CORRUPT
+    entry: Entry = (raw, entry_tags, entry_stamps, data)
+    return entry
 
 
-def _missed(cache: BaseCache, vkey: str, reason: str) -> tuple[bool, None]:
+def _texts(current: list[Any]) -> Stamps:
+    """Fetched stamps as ``str`` (:func:`stamp_text` of each), in one pass when they
+    are all UTF-8 bytes, as Redis returns them."""
+    try:
+        return [stamp.decode() for stamp in current]
+    except (AttributeError, UnicodeDecodeError):  # str (InMemoryCache), None, garbage
+        return [stamp_text(stamp) for stamp in current]
+
+
+Judged = tuple[bool, Any, Any, list[str]]
+"""``(found, value, stamps, garbage)``: see :func:`_judge`."""
+
+
+def _judge(cache: BaseCache, vkey: str, tags: list[str], skeys: list[str],
+           fetched: list[Any], entry: Entry | _Corrupt | None = None) -> Judged:
+    """The one decision of every read, on what one ``FETCH`` of ``[vkey, *skeys]``
+    returned: served only if the entry's tags are ``tags`` and its stamps the current
+    ones, none missing. No I/O, so a hit is straight-line code in the calling flow.
+
+    ``(True, value, stamps, [])`` on a hit. On a miss, counted with its reason,
+    ``(False, None, stamps, garbage)``: ``stamps`` the current ones as ``str`` (``None``
+    where absent), for the miss to store under without asking again; ``garbage`` the
+    stamp keys that hold what is not a stamp, which the caller replaces. ``entry``:
+    the entry already decoded (``get`` without tags decodes it to learn its tags)."""
+    current = fetched[1:]
+    if entry is None:
+        entry = _read(cache, fetched[0])
+    if entry is None:
+        reason = "absent"
+    elif entry is _CORRUPT:
+        reason = "corrupt"
+    else:
+        raw, entry_tags, entry_stamps, data = entry  # type: ignore[misc]
+        # Stamps as stored are str; InMemoryCache's compare equal as fetched, Redis's
+        # bytes are decoded first.
+        if entry_stamps != current:
+            current = _texts(current)
+        if entry_tags == tags and entry_stamps == current and None not in current:
+            try:
+                value = from_json(data) if may_hold_markers(raw) else data
+            except (ValueError, TypeError, KeyError, LookupError) as exc:
+                logger.warning("relaycache: corrupt entry treated as a miss: %s", exc)
+                reason = "corrupt"
+            else:
+                cache.stats.incr("hits")
+                if events.listeners:
+                    events.emit("hit", cache, key=vkey)
+                return True, value, current, []
+        else:
+            reason = "stale"
+    stamps = [stamp_text(stamp) for stamp in current]
+    garbage: list[str] = []
+    if None in stamps:
+        garbage = [skey for skey, raw_stamp, stamp in zip(skeys, fetched[1:], stamps,
+                                                           strict=True)
+                   if stamp is None and raw_stamp is not None]  # there, but not a stamp
+        if garbage:
+            reason = "corrupt"
+    _missed(cache, vkey, reason)
+    return False, None, stamps, garbage
+
+
+def _missed(cache: BaseCache, vkey: str, reason: str) -> None:
     cache.stats.incr("misses")
     if reason != "absent":
         cache.stats.incr(reason)
     if events.listeners:
         events.emit("miss", cache, key=vkey, reason=reason)
-    return False, None
 
 
 # -- flows ------------------------------------------------------------------------
 
-def lookup(cache: BaseCache, vkey: str, tags: list[str], skeys: list[str]
+def lookup(cache: BaseCache, vkey: str, tags: list[str] | None, skeys: list[str]
            ) -> Flow[tuple[bool, Any, Any]]:
-    """``(found, value, stamps)``: one round trip for the entry and its stamps;
-    ``stamps`` is :data:`FAILED` when the backend could not be asked."""
-    fetched = yield FETCH, ([vkey, *skeys],)
-    if fetched is FAILED:
-        return False, None, FAILED
-    stamps = [stamp_text(stamp) for stamp in fetched[1:]]
-    if None in stamps:
-        garbage = [skey for skey, raw, stamp in zip(skeys, fetched[1:], stamps, strict=True)
-                   if stamp is None and raw is not None]  # there, but not a stamp
-        if garbage:
-            yield from _replace_garbage(garbage)
+    """``(found, value, stamps)``; ``stamps`` is :data:`FAILED` when the backend could
+    not be asked.
+
+    With ``tags`` (and their stamp keys ``skeys``, as ``BaseCache.entry_tags`` gives
+    them), one round trip fetches the entry and the current stamps. With ``tags=None``
+    (``get`` without tags) the entry's own tags are used: the entry first, then the
+    stamps of the tags it was stored under, two round trips. Either way the entry is
+    judged by :func:`_judge`: its stored tags must be these (the backend's implicit
+    ones included), its stamps the current ones."""
+    entry: Entry | _Corrupt | None = None
+    if tags is None:
+        fetched = yield FETCH, ([vkey],)
+        if fetched is FAILED:
+            return False, None, FAILED
+        entry = _read(cache, fetched[0])
+        if entry is None or entry is _CORRUPT:
+            _missed(cache, vkey, "absent" if entry is None else "corrupt")
+            return False, None, []
+        try:
+            tags, skeys = cache.entry_tags(entry[1])  # type: ignore[index]
+        except (TypeError, ValueError):  # not tags: not an entry of ours
             _missed(cache, vkey, "corrupt")
-            return False, None, stamps
-    found, value = _unpack(cache, vkey, fetched[0], tags, stamps)
+            return False, None, []
+        found_stamps = (yield FETCH, (skeys,)) if skeys else []
+        if found_stamps is FAILED:
+            return False, None, FAILED
+        fetched = [fetched[0], *found_stamps]
+    else:
+        fetched = yield FETCH, ([vkey, *skeys],)
+        if fetched is FAILED:
+            return False, None, FAILED
+    found, value, stamps, garbage = _judge(cache, vkey, tags, skeys, fetched, entry)
+    if garbage:
+        yield from _replace_garbage(garbage)
     return found, value, stamps
 
 
@@ -213,13 +301,17 @@ def _bypass(cache: BaseCache) -> None:
     cache.stats.incr("bypassed")
 
 
-def get_entry(cache: BaseCache, key: str, default: Any, tags: Iterable[str]) -> Flow[Any]:
-    vkey, (tags, skeys) = cache.value_key(key), cache.entry_tags(tags)
+def get_entry(cache: BaseCache, key: str, tags: Iterable[str] | None
+              ) -> Flow[tuple[bool, Any]]:
+    """``(hit, value)`` of ``key``: :func:`lookup` with the caller's tags, or with the
+    entry's own when ``tags`` is ``None``."""
+    vkey = cache.value_key(key)
+    checked, skeys = (None, []) if tags is None else cache.entry_tags(tags)
     if cache.undelivered:
         _bypass(cache)
-        return default
-    found, value, _ = yield from lookup(cache, vkey, tags, skeys)
-    return value if found else default
+        return False, None
+    found, value, _ = yield from lookup(cache, vkey, checked, skeys)
+    return found, value
 
 
 def set_entry(cache: BaseCache, key: str, value: Any, ttl: float | None, tags: Iterable[str]
@@ -237,26 +329,40 @@ def set_entry(cache: BaseCache, key: str, value: Any, ttl: float | None, tags: I
 
 
 def get_or_set(cache: BaseCache, flights: Flight, key: str, ttl: float | None,
-               tags: Iterable[str], singleflight: bool, store: bool, strict: bool
+               tags: Iterable[str], singleflight: bool, store: bool, strict: bool,
+               lease_ttl: float | None = None, lease_wait: float | None = None
                ) -> Flow[Any]:
-    """Serve ``key`` or compute it (the ``COMPUTE`` step), store it and return it."""
+    """Serve ``key`` or compute it (the ``COMPUTE`` step), store it and return it.
+
+    A hit is one ``FETCH`` and straight-line code (:func:`_judge`); a miss keeps what
+    that fetch returned: its stamps are stored under, only absent ones are acquired.
+    ``lease_ttl`` (seconds; ``None``: the cache's) bounds how long a computing caller
+    holds others back; ``lease_wait`` (``None``: twice ``lease_ttl``) how long a
+    distributed waiter waits before it computes itself."""
     vkey, (tags, skeys) = cache.value_key(key), cache.entry_tags(tags)
     ttl_ms = cache.ttl_ms(ttl)
     if cache.undelivered:
         _bypass(cache)
         return (yield COMPUTE, _NO_ARGS)
-    found, value, stamps = yield from lookup(cache, vkey, tags, skeys)
+    fetched = yield FETCH, ([vkey, *skeys],)
+    if fetched is FAILED:
+        return (yield COMPUTE, _NO_ARGS)
+    found, value, stamps, garbage = _judge(cache, vkey, tags, skeys, fetched)
     if found:
         return value
-    if stamps is FAILED or not store:
+    if garbage:
+        yield from _replace_garbage(garbage)
+    if not store:
         return (yield COMPUTE, _NO_ARGS)
-    miss = _Miss(cache, vkey, tags, skeys, ttl_ms, strict)
+    lease = cache.lease_ttl if lease_ttl is None else lease_ttl
+    miss = _Miss(cache, vkey, tags, skeys, ttl_ms, strict, lease,
+                 2 * lease if lease_wait is None else lease_wait)
     event = flights.join(vkey)
     if event is not None:
         # Another caller in this process computes: wait for it (at most a lease), then
         # serve what it stored, or compute if it failed or stored nothing.
         cache.stats.incr("singleflight_waits")
-        yield WAIT, (event, cache.lease_ttl)
+        yield WAIT, (event, lease)
         found, value, stamps = yield from lookup(cache, vkey, tags, skeys)
         if found or stamps is FAILED:
             return value if found else (yield COMPUTE, _NO_ARGS)
@@ -270,26 +376,31 @@ def get_or_set(cache: BaseCache, flights: Flight, key: str, ttl: float | None,
 class _Miss:
     """One miss of one key: lease (with distributed singleflight), compute, store."""
 
-    __slots__ = ("cache", "skeys", "strict", "tags", "ttl_ms", "vkey")
+    __slots__ = ("cache", "lease_ttl", "lease_wait", "skeys", "strict", "tags", "ttl_ms",
+                 "vkey")
 
     def __init__(self, cache: BaseCache, vkey: str, tags: list[str], skeys: list[str],
-                 ttl_ms: int | None, strict: bool) -> None:
+                 ttl_ms: int | None, strict: bool, lease_ttl: float, lease_wait: float
+                 ) -> None:
         self.cache, self.vkey, self.tags, self.skeys = cache, vkey, tags, skeys
         self.ttl_ms, self.strict = ttl_ms, strict
+        self.lease_ttl, self.lease_wait = lease_ttl, lease_wait
 
     def run(self, stamps: Stamps, singleflight: bool) -> Flow[Any]:
         if not singleflight:
             return (yield from self.compute_and_store(stamps))
         cache = self.cache
         lkey, token = cache.lease_key(self.vkey), new_token()
-        lease_ms = max(1, int(cache.lease_ttl * 1000))
-        deadline = time.monotonic() + 2 * cache.lease_ttl
+        lease_ms = max(1, int(self.lease_ttl * 1000))
+        deadline = time.monotonic() + self.lease_wait
         while True:
             leased = yield ACQUIRE_LEASE, (lkey, token, lease_ms)
             if leased is FAILED:
                 return (yield COMPUTE, _NO_ARGS)
             if leased:
                 try:
+                    # Another process may have stored it between our lookup and the
+                    # lease: look again, or it would be computed twice.
                     found, value, stamps = yield from lookup(cache, self.vkey, self.tags,
                                                              self.skeys)
                     if found or stamps is FAILED:
@@ -306,9 +417,11 @@ class _Miss:
                 return (yield from self.compute_and_store(stamps))
 
     def compute_and_store(self, stamps: Any) -> Flow[Any]:
+        """Compute, and store under ``stamps``: the ones the lookup fetched, taken
+        before the computation; only absent ones are acquired (one round trip)."""
         cache = self.cache
         if None in stamps:
-            stamps = yield from _current_stamps(cache, self.skeys)
+            stamps = yield from _complete_stamps(cache, self.skeys, stamps)
         value = yield COMPUTE, _NO_ARGS
         if stamps is FAILED:
             if self.strict:
@@ -323,6 +436,21 @@ class _Miss:
             cache.stats.incr("bypassed")
             logger.debug("relaycache: result not cached: %s", exc)
         return value
+
+
+def _complete_stamps(cache: BaseCache, skeys: list[str], stamps: Stamps) -> Flow[Any]:
+    """``stamps`` (as a lookup fetched them) with each absent one acquired
+    (:func:`_current_stamps`), or :data:`FAILED`. Those present are not asked again:
+    taken before the computation, they are as good as newer ones, and the store
+    checks that they are still current."""
+    missing = [index for index, stamp in enumerate(stamps) if stamp is None]
+    acquired = yield from _current_stamps(cache, [skeys[index] for index in missing])
+    if acquired is FAILED:
+        return FAILED
+    complete = list(stamps)
+    for index, stamp in zip(missing, acquired, strict=True):
+        complete[index] = stamp
+    return complete
 
 
 def _store(cache: BaseCache, vkey: str, tags: list[str], skeys: list[str], stamps: Stamps,

@@ -61,9 +61,22 @@ class InMemoryCache(BaseCache):
     # -- the storage contract ------------------------------------------------------
 
     def fetch(self, keys: list[str]) -> list[Any]:
+        # _get, unrolled: this loop is most of an InMemoryCache hit.
         now = time.monotonic()
+        data = self._data
+        found: list[Any] = []
         with self._lock:
-            return [self._get(key, now) for key in keys]
+            for key in keys:
+                item = data.get(key)
+                if item is None:
+                    found.append(None)
+                elif item[1] is not None and item[1] <= now:
+                    del data[key]
+                    found.append(None)
+                else:
+                    data.move_to_end(key)
+                    found.append(item[0])
+        return found
 
     def acquire_stamps(self, skeys: list[str]) -> Stamps:
         now = time.monotonic()

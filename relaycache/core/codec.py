@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import importlib
 import uuid
 import zoneinfo
 from collections.abc import Callable
@@ -112,6 +113,15 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
     _MARK + tag: dec for tag, (_, _, dec) in SCALAR_TYPES.items()
 }
 _USER_TYPES: dict[type, tuple[str, Callable[[Any], Any]]] = {}
+_DEFERRED_TYPES: tuple[tuple[str, str, str], ...] = (
+    ("django.http.response.HttpResponse", "django_http_response",
+     "relaycache.http:register_response_type"),
+)
+"""Types registered by a relaycache module that needs a third-party package: (the
+class's qualified name, its type name, ``module:function`` registering it). The codec
+calls the function the first time it meets an instance or the type's marker, so the
+core imports nothing of the package, and ``HttpResponse`` is known without the Django
+app in ``INSTALLED_APPS`` (the integration guide's ``cache_view`` helper)."""
 
 
 def register_type(
@@ -140,6 +150,20 @@ def _lookup_user_type(cls: type) -> tuple[str, Callable[[Any], Any]] | None:
     return None
 
 
+def _register_deferred(matches: Callable[[str, str], bool]) -> bool:
+    """Run the registration of the :data:`_DEFERRED_TYPES` entry ``matches(class,
+    name)`` accepts; ``False`` if there is none or its module cannot be imported."""
+    for qualname, name, loader in _DEFERRED_TYPES:
+        if matches(qualname, name):
+            module, _, function = loader.partition(":")
+            try:
+                getattr(importlib.import_module(module), function)()
+            except ImportError:
+                return False
+            return True
+    return False
+
+
 def to_json(value: Any) -> Any:
     """Return JSON-able data that :func:`from_json` turns back into ``value``."""
     cls = type(value)
@@ -165,6 +189,10 @@ def to_json(value: Any) -> Any:
     if known is not None:
         return {_MARK + known[0]: known[1](value)}
     user = _lookup_user_type(cls)
+    if user is None:
+        bases = {f"{base.__module__}.{base.__qualname__}" for base in cls.__mro__}
+        if _register_deferred(lambda qualname, _: qualname in bases):
+            user = _lookup_user_type(cls)
     if user is not None:
         return {_MARK + user[0]: to_json(user[1](value))}
     raise TypeError(
@@ -206,6 +234,9 @@ def _decode_known_marker(tag: str, inner: Any) -> Any:
     if tag == "~fs":
         return frozenset(from_json(v) for v in inner)
     decoder = _DECODERS.get(tag)
+    if decoder is None and tag.startswith("~x:") and _register_deferred(
+            lambda _, name: tag == f"~x:{name}"):
+        decoder = _DECODERS.get(tag)
     if decoder is None:
         raise ValueError(f"unknown type marker {tag!r} in cached data")
     if tag.startswith("~x:"):

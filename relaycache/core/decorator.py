@@ -4,18 +4,30 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Self, TypeVar, cast, overload
 
 from ..backends.base import BaseCache
-from .defaults import get_default_backend
-from .keys import call_arguments, check_key, check_tags, check_ttl, function_key
+from .keys import KeyBuilder, check_key, check_tags, check_ttl, tags_problem
+from .proxy import DefaultBackend, backend_or_default
 
 F = TypeVar("F", bound=Callable[..., Any])
 R = TypeVar("R")
 
 TagsSpec = Iterable[str] | Callable[..., Iterable[str]] | None
 KeySpec = Callable[..., str] | None
+BackendSpec = BaseCache | DefaultBackend | None
+
+_DEFAULT_KEYS = KeyBuilder()
+
+
+def _check_seconds(value: float | None, name: str) -> float | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not math.isfinite(value) or value <= 0):
+        raise ValueError(f"{name} must be positive, finite seconds or None, got {value!r}")
+    return value
+
 
 def _argument_caller(spec: Callable[..., R], func_sig: inspect.Signature
                      ) -> Callable[[inspect.BoundArguments], R]:
@@ -49,18 +61,39 @@ class CachedFunction:
 
     __qualname__: str  # copied from the function by functools.update_wrapper()
 
-    def __init__(self, func: Callable[..., Any], ttl: float | None, backend: BaseCache | None,
-                 tags: TagsSpec, key: KeySpec, singleflight: bool) -> None:
-        if backend is not None and not isinstance(backend, BaseCache):
+    def __init__(self, func: Callable[..., Any], ttl: float | None, backend: BackendSpec,
+                 tags: TagsSpec, key: KeySpec, singleflight: bool, *,
+                 key_builder: KeyBuilder | None = None, namespace: str | None = None,
+                 lease_ttl: float | None = None, lease_wait: float | None = None) -> None:
+        if backend is not None and not isinstance(backend, (BaseCache, DefaultBackend)):
             raise TypeError(f"backend must be a relaycache backend, got {backend!r}")
         if key is not None and not callable(key):
             raise TypeError("key must be a callable taking the function's arguments")
+        if key_builder is not None and not callable(getattr(key_builder, "build", None)):
+            raise TypeError(f"key_builder must have build(func, args, kwargs, namespace), "
+                            f"got {key_builder!r}")
+        if namespace is not None and not isinstance(namespace, str):
+            raise TypeError(f"namespace must be a str or None, got {namespace!r}")
+        if tags is not None and not callable(tags):
+            problem = tags_problem(tags)
+            if problem is not None:
+                raise TypeError("@cache(tags=...) takes a list of tag strings or a callable "
+                                f"taking the function's arguments and returning one, got {problem}")
         functools.update_wrapper(self, func)
         self.func = func
         self.signature = inspect.signature(func)
         self.ttl = check_ttl(ttl)
-        self.explicit_backend = backend
+        self.explicit_backend = None if isinstance(backend, DefaultBackend) else backend
         self.singleflight = singleflight
+        self.lease_ttl = _check_seconds(lease_ttl, "dist_lock_ttl")
+        self.lease_wait = _check_seconds(lease_wait, "dist_lock_timeout")
+        self.key_builder = key_builder or _DEFAULT_KEYS
+        self.namespace = namespace
+        # A builder that keeps KeyBuilder.build is given the bound call (bound once for
+        # the key and the tags); one that replaces it gets what build() documents.
+        self._bound_key = (self.key_builder.bound_key
+                           if isinstance(self.key_builder, KeyBuilder)
+                           and type(self.key_builder).build is KeyBuilder.build else None)
         self._key_of = _argument_caller(key, self.signature) if key is not None else None
         if callable(tags):
             self._tags_of: Callable[[inspect.BoundArguments], Iterable[str]] = _argument_caller(
@@ -71,7 +104,7 @@ class CachedFunction:
 
     @property
     def backend(self) -> BaseCache:
-        return self.explicit_backend or get_default_backend()
+        return backend_or_default(self.explicit_backend)
 
     def resolve(self, args: tuple[Any, ...], kwargs: dict[str, Any]
                 ) -> tuple[str, Iterable[str]]:
@@ -88,19 +121,24 @@ class CachedFunction:
     def _key(self, bound: inspect.BoundArguments) -> str:
         if self._key_of is not None:
             return check_key(self._key_of(bound))
-        return function_key(self.func, call_arguments(bound))
+        if self._bound_key is not None:
+            return self._bound_key(self.func, bound, self.namespace)
+        return check_key(self.key_builder.build(self.func, bound.args, bound.kwargs,
+                                                self.namespace))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         key, tags = self.resolve(args, kwargs)
         return self.backend.get_or_set(key, lambda: self.func(*args, **kwargs), ttl=self.ttl,
-                                       tags=tags, singleflight=self.singleflight)
+                                       tags=tags, singleflight=self.singleflight,
+                                       lease_ttl=self.lease_ttl, lease_wait=self.lease_wait)
 
     async def acall(self, *args: Any, **kwargs: Any) -> Any:
         """The call of an ``async def`` function: awaits the backend's async path."""
         key, tags = self.resolve(args, kwargs)
         return await self.backend.aget_or_set(
             key, lambda: self.func(*args, **kwargs), ttl=self.ttl, tags=tags,
-            singleflight=self.singleflight)
+            singleflight=self.singleflight, lease_ttl=self.lease_ttl,
+            lease_wait=self.lease_wait)
 
     def cache_key(self, *args: Any, **kwargs: Any) -> str:
         """The key the result of this call is cached under."""
@@ -174,35 +212,67 @@ def cache(func: F, /) -> F: ...
 
 
 @overload
-def cache(*, ttl: float | None = ..., backend: BaseCache | None = ..., tags: TagsSpec = ...,
-          key: KeySpec = ..., distributed_singleflight: bool = ...) -> Callable[[F], F]: ...
+def cache(ttl: float | None = ..., /, *, key: KeySpec = ..., namespace: str | None = ...,
+          backend: BackendSpec = ..., key_builder: KeyBuilder | None = ...,
+          tags: TagsSpec = ..., distributed_singleflight: bool = ...,
+          dist_lock_ttl: float | None = ..., dist_lock_timeout: float | None = ...
+          ) -> Callable[[F], F]: ...
 
 
-def cache(func: Any = None, /, *, ttl: float | None = None, backend: BaseCache | None = None,
-          tags: TagsSpec = None, key: KeySpec = None,
-          distributed_singleflight: bool = False) -> Any:
+@overload
+def cache(*, ttl: float | None = ..., key: KeySpec = ..., namespace: str | None = ...,
+          backend: BackendSpec = ..., key_builder: KeyBuilder | None = ...,
+          tags: TagsSpec = ..., distributed_singleflight: bool = ...,
+          dist_lock_ttl: float | None = ..., dist_lock_timeout: float | None = ...
+          ) -> Callable[[F], F]: ...
+
+
+def cache(func: Any = None, /, *, ttl: float | None = None, key: KeySpec = None,
+          namespace: str | None = None, backend: BackendSpec = None,
+          key_builder: KeyBuilder | None = None, tags: TagsSpec = None,
+          distributed_singleflight: bool = False, dist_lock_ttl: float | None = None,
+          dist_lock_timeout: float | None = None) -> Any:
     """Cache a function's result under tags; works on sync and ``async def`` functions.
 
+    ``@cache``, ``@cache(300)`` and ``@cache(ttl=300, ...)`` all work (the relaycache
+    0.1 library's signature: ``ttl`` first).
+
     :param ttl: seconds to keep a result (``None``: the backend's ``default_ttl``).
-    :param backend: the backend (``None``: :func:`relaycache.get_default_backend` at
-        call time).
+    :param key: a callable taking the function's arguments and returning the key;
+        by default ``key_builder`` derives a stable one from module, qualified name
+        and arguments.
+    :param namespace: a part of every derived key (after ``key_builder``'s prefix):
+        bump it to start afresh. Not applied to ``key=`` keys.
+    :param backend: the backend (``None`` or ``default_backend``: the default backend
+        at call time).
+    :param key_builder: a :class:`~relaycache.KeyBuilder` (``prefix``, ``namespace``),
+        or any object with its ``build(func, args, kwargs, namespace)``.
     :param tags: a list of tags, or a callable taking the function's arguments and
         returning one; :func:`invalidate` on any of them drops the result.
-    :param key: a callable taking the function's arguments and returning the key;
-        by default a stable digest of module, qualified name and arguments.
     :param distributed_singleflight: concurrent misses of one key in every process
         sharing the backend compute once (in-process misses always do).
+    :param dist_lock_ttl: seconds the computing process holds the others back (its
+        lease expires then if it died); ``None``: the backend's ``lease_ttl`` (30 s).
+    :param dist_lock_timeout: seconds a waiting process waits for that computation
+        before computing itself; ``None``: twice ``dist_lock_ttl``.
 
     ``None`` results are cached. The result has ``cache_key(*args, **kwargs)`` and
     ``delete(*args, **kwargs)`` to address the entry of one call.
     """
+    if func is not None and not callable(func) and not isinstance(func, (staticmethod,
+                                                                          classmethod)):
+        if ttl is not None:
+            raise TypeError("cache() got ttl both as its first argument and as ttl=")
+        ttl, func = func, None
 
     def decorate(target: Any) -> Any:
         if isinstance(target, staticmethod):
             return staticmethod(decorate(target.__func__))
         if isinstance(target, classmethod):
             return _CachedClassMethod(decorate(target.__func__))
-        cached = CachedFunction(target, ttl, backend, tags, key, distributed_singleflight)
+        cached = CachedFunction(target, ttl, backend, tags, key, distributed_singleflight,
+                                key_builder=key_builder, namespace=namespace,
+                                lease_ttl=dist_lock_ttl, lease_wait=dist_lock_timeout)
         if not inspect.iscoroutinefunction(target):
             return cached
 
@@ -222,11 +292,18 @@ def cache(func: Any = None, /, *, ttl: float | None = None, backend: BaseCache |
     return decorate
 
 
-def invalidate(tags: Iterable[str], backend: BaseCache | None = None) -> None:
+def _tag_list(tags: Iterable[str], name: str) -> Iterable[str]:
+    problem = tags_problem(tags)
+    if problem is not None:
+        raise TypeError(f"{name}(tags=...) takes a list of tag strings, got {problem}")
+    return tags
+
+
+def invalidate(tags: Iterable[str], backend: BackendSpec = None) -> None:
     """Drop every cached result under any of ``tags`` (in every process)."""
-    (backend or get_default_backend()).invalidate(tags)
+    backend_or_default(backend).invalidate(_tag_list(tags, "invalidate"))
 
 
-async def ainvalidate(tags: Iterable[str], backend: BaseCache | None = None) -> None:
+async def ainvalidate(tags: Iterable[str], backend: BackendSpec = None) -> None:
     """Async :func:`invalidate`."""
-    await (backend or get_default_backend()).ainvalidate(tags)
+    await backend_or_default(backend).ainvalidate(_tag_list(tags, "ainvalidate"))

@@ -24,7 +24,8 @@ Listener = Callable[..., None]
 """Called as ``listener(event, backend, **data)``: ``event`` is ``"hit"`` (``key``),
 ``"miss"`` (``key``, ``reason``: ``"absent"``, ``"stale"`` or ``"corrupt"``),
 ``"invalidated"`` (``tags``), and from the ORM layer ``"query"`` (a cached read: ``sql``,
-``key``, ``tags``, ``hit``) or ``"uncacheable"`` (a read run uncached: ``sql``,
+``key``, ``tags``, ``hit``, and ``operation``: ``"count"`` or ``"aggregate"`` for
+those) or ``"uncacheable"`` (a read run uncached: ``sql``,
 ``reason``)."""
 
 listeners: list[Listener] = []

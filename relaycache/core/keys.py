@@ -1,17 +1,19 @@
-"""Stable cache keys for decorated functions.
+"""Stable cache keys for decorated functions; key, tag and ttl validation.
 
 A derived key must be the same in every process and on every run, so it is built from
 the function's module and qualified name plus a digest of its canonically encoded
 arguments: never ``hash()`` (salted per process) nor ``repr()`` of unordered
-containers (set order follows the hash seed).
+containers (set order follows the hash seed). :class:`KeyBuilder` is the one place
+that derivation lives.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -68,16 +70,63 @@ def digest(data: Any) -> str:
     return hashlib.blake2b(encoded, digest_size=16).hexdigest()
 
 
-def function_key(func: Callable[..., Any], arguments: dict[str, Any]) -> str:
-    """Key for ``func`` called with ``arguments`` (bound, defaults applied)."""
-    try:
-        data = {name: _key_data(value) for name, value in arguments.items()}
-    except TypeError as exc:
-        raise TypeError(
-            f"cannot derive a cache key for {func.__qualname__}(): {exc}; "
-            "pass key=... to @cache"
-        ) from None
-    return f"{func.__module__}.{func.__qualname__}:{digest(data)}"
+@functools.lru_cache(maxsize=4096)
+def _signature(func: Callable[..., Any]) -> inspect.Signature:
+    return inspect.signature(func)
+
+
+class KeyBuilder:
+    """The keys of ``@cache`` functions called without ``key=``.
+
+    A key is ``[prefix:][namespace:]module.qualname:digest``, the digest (128-bit
+    BLAKE2b) taken over the call's arguments bound to the function's signature:
+    defaults applied (``f(1)`` and ``f(a=1)`` share an entry), ``self`` left out, each
+    value canonically encoded by the codec (model instances by table and primary key),
+    so the key is the same in every process. The default builder (no prefix, no
+    namespace) is what ``@cache`` uses; the relaycache 0.1 library's
+    ``KeyBuilder(prefix=..., namespace=...)`` is this class (its default prefix was
+    ``"rc"``; here the backend's ``value_prefix`` already sets keys apart).
+
+    :param prefix: the first part of every key ("" for none).
+    :param namespace: the part after the prefix, unless ``build`` is given one (a
+        version, a tenant...).
+    """
+
+    def __init__(self, *, prefix: str = "", namespace: str | None = None) -> None:
+        if not isinstance(prefix, str):
+            raise TypeError(f"KeyBuilder(prefix=...) must be a str, got {prefix!r}")
+        if namespace is not None and not isinstance(namespace, str):
+            raise TypeError(f"KeyBuilder(namespace=...) must be a str or None, got {namespace!r}")
+        self.prefix = prefix.rstrip(":")
+        self.namespace = namespace
+
+    def __repr__(self) -> str:
+        return f"KeyBuilder(prefix={self.prefix!r}, namespace={self.namespace!r})"
+
+    def build(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+              namespace: str | None = None) -> str:
+        """The key of ``func(*args, **kwargs)``; ``namespace`` overrides the builder's."""
+        bound = _signature(func).bind(*args, **kwargs)
+        bound.apply_defaults()
+        return self.bound_key(func, bound, namespace)
+
+    def bound_key(self, func: Callable[..., Any], bound: inspect.BoundArguments,
+                  namespace: str | None = None) -> str:
+        """:meth:`build` for a call already bound (defaults applied): the decorator's
+        path, which binds each call once for its key and tag callables alike."""
+        arguments = call_arguments(bound)
+        try:
+            data = {name: _key_data(value) for name, value in arguments.items()}
+        except TypeError as exc:
+            raise TypeError(
+                f"cannot derive a cache key for {func.__qualname__}(): {exc}; "
+                "pass key=... to @cache"
+            ) from None
+        key = f"{func.__module__}.{func.__qualname__}:{digest(data)}"
+        namespace = namespace or self.namespace
+        if namespace:
+            key = f"{namespace}:{key}"
+        return f"{self.prefix}:{key}" if self.prefix else key
 
 
 def call_arguments(bound: inspect.BoundArguments) -> dict[str, Any]:
@@ -129,18 +178,36 @@ def bounded_key(key: str) -> str:
     return key[:MAX_KEY_LENGTH] + _digest_of(key)
 
 
+def tags_problem(tags: object) -> str | None:
+    """Why ``tags`` is not a collection of tags, for an error message; ``None`` if it
+    is one (its items are checked by :func:`check_tags`). A single string, a mapping
+    (its keys would silently become the tags) and ``None`` are refused."""
+    if tags is None:
+        return "None"
+    if isinstance(tags, (str, bytes)):
+        return f"a single string {tags!r:.80} (put it in a list)"
+    if isinstance(tags, Mapping):
+        return (f"a {type(tags).__qualname__} {tags!r:.80} (pass list(...) of its keys if "
+                "they are the tags)")
+    if not isinstance(tags, Iterable):
+        return f"{type(tags).__qualname__} {tags!r:.80}"
+    return None
+
+
 def check_tags(tags: Iterable[object]) -> list[str]:
     """Validated, de-duplicated and sorted tags (order never matters).
 
-    A tag longer than :data:`MAX_TAG_LENGTH` characters becomes its first characters,
-    ``~`` and a 128-bit BLAKE2b digest of the whole, :data:`MAX_TAG_LENGTH` in all. The
-    form is within the limit, so checking checked tags changes nothing: a tag gets the
-    same stamp whichever layers checked it (the decorator, then the backend; or
-    ``invalidate()``). A tag given as is that equals another's shortened form shares
-    its stamp: invalidating one invalidates both, which can cost misses, never serve a
-    stale entry."""
-    if isinstance(tags, (str, bytes)):
-        raise TypeError("tags must be a list of strings, not a single string")
+    ``tags`` is a list (or any iterable but a string or a mapping) of non-empty
+    strings. A tag longer than :data:`MAX_TAG_LENGTH` characters becomes its first
+    characters, ``~`` and a 128-bit BLAKE2b digest of the whole, :data:`MAX_TAG_LENGTH`
+    in all. The form is within the limit, so checking checked tags changes nothing: a
+    tag gets the same stamp whichever layers checked it (the decorator, then the
+    backend; or ``invalidate()``). A tag given as is that equals another's shortened
+    form shares its stamp: invalidating one invalidates both, which can cost misses,
+    never serve a stale entry."""
+    problem = tags_problem(tags)
+    if problem is not None:
+        raise TypeError(f"tags must be a list of tag strings, got {problem}")
     result: set[str] = set()
     for tag in tags:
         if not isinstance(tag, str):

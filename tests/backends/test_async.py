@@ -254,9 +254,9 @@ def test_async_entries_are_visible_to_other_processes(real_redis_backend, real_r
         return [1, (2, 3)]
 
     assert asyncio.run(f()) == [1, (2, 3)]
-    assert other.get("shared", tags=["t"]) == [1, (2, 3)]
+    assert other.get("shared", tags=["t"]) == (True, [1, (2, 3)])
     other.invalidate(["t"])
-    assert real_redis_backend.get("shared", "gone", tags=["t"]) == "gone"
+    assert real_redis_backend.get("shared", tags=["t"]) == (False, None)
     other.redis_client.close()
 
 

@@ -18,8 +18,6 @@ import pytest
 from relaycache import InMemoryCache, RedisCache, cache
 from tests.support import concurrently, run_concurrently, wait_until
 
-MISSING = object()
-
 
 def sibling(backend, **options):
     """Another cache of the same kind (same Redis client), with fresh prefixes."""
@@ -27,18 +25,18 @@ def sibling(backend, **options):
     opts = {"default_ttl": 60, "value_prefix": prefix, "meta_prefix": prefix + "meta:",
             **options}
     if isinstance(backend, RedisCache):
-        return RedisCache(backend.redis_client, **opts)
+        return type(backend)(backend.redis_client, **opts)
     return type(backend)(**opts)
 
 
 def same_namespace(backend: RedisCache) -> RedisCache:
     """A second RedisCache on the same keys: what another process would hold."""
-    return RedisCache(backend.redis_client, default_ttl=60, value_prefix=backend.value_prefix,
-                      meta_prefix=backend.meta_prefix)
+    return type(backend)(backend.redis_client, default_ttl=60,
+                         value_prefix=backend.value_prefix, meta_prefix=backend.meta_prefix)
 
 
 def our_redis_keys(backend: RedisCache) -> list:
-    client = backend.redis_client
+    client = getattr(backend, "test_admin", backend.redis_client)  # sync, for AioredisCache
     return [k for k in client.keys("*")
             if (k.decode() if isinstance(k, bytes) else k).startswith(
                 (backend.value_prefix, backend.meta_prefix))]
@@ -220,26 +218,27 @@ def test_the_async_twins_do_what_the_primitives_do(backend):
 
 def test_set_then_get(backend):
     assert backend.set("k", {"a": [1, 2]}, tags=["t1", "t2"]) is True
-    assert backend.get("k", tags=["t1", "t2"]) == {"a": [1, 2]}
-    assert backend.get("k", tags=["t2", "t1", "t2"]) == {"a": [1, 2]}  # order/dupes ignored
+    assert backend.get("k", tags=["t1", "t2"]) == (True, {"a": [1, 2]})
+    assert backend.get("k", tags=["t2", "t1", "t2"]) == (True, {"a": [1, 2]})  # order/dupes ignored
 
 
-def test_get_missing_returns_default(backend):
-    assert backend.get("nope") is None
-    assert backend.get("nope", MISSING) is MISSING
-    assert backend.get("nope", default=5, tags=["t"]) == 5
+def test_get_missing_is_a_miss(backend):
+    assert backend.get("nope") == (False, None)
+    assert backend.get("nope", tags=["t"]) == (False, None)
 
 
 def test_get_with_other_tags_is_a_miss(backend):
     backend.set("k", 1, tags=["a"])
-    assert backend.get("k", MISSING, tags=["b"]) is MISSING
-    assert backend.get("k", MISSING) is MISSING
-    assert backend.get("k", MISSING, tags=["a"]) == 1
+    assert backend.get("k", tags=["b"]) == (False, None)
+    assert backend.get("k", tags=[]) == (False, None)
+    assert backend.get("k", tags=["a"]) == (True, 1)
+    assert backend.get("k") == (True, 1)  # without tags: the ones it was stored with
 
 
 def test_none_is_a_stored_value(backend):
     backend.set("k", None, tags=["t"])
-    assert backend.get("k", MISSING, tags=["t"]) is None
+    assert backend.get("k", tags=["t"]) == (True, None)
+    assert backend.get("k") == (True, None)
     compute = Compute(None)
     backend.get_or_set("n", compute, tags=["t"])
     backend.get_or_set("n", compute, tags=["t"])
@@ -249,15 +248,15 @@ def test_none_is_a_stored_value(backend):
 def test_set_overwrites(backend):
     backend.set("k", 1)
     backend.set("k", 2)
-    assert backend.get("k") == 2
+    assert backend.get("k") == (True, 2)
 
 
 def test_delete_drops_one_entry_only(backend):
     backend.set("a", 1, tags=["t"])
     backend.set("b", 2, tags=["t"])
     backend.delete("a")
-    assert backend.get("a", MISSING, tags=["t"]) is MISSING
-    assert backend.get("b", tags=["t"]) == 2
+    assert backend.get("a", tags=["t"]) == (False, None)
+    assert backend.get("b", tags=["t"]) == (True, 2)
     backend.delete("never-set")
 
 
@@ -268,28 +267,28 @@ def test_invalidate_drops_every_entry_under_any_tag(backend):
     backend.set("d", 4, tags=["z"])
     backend.set("e", 5)
     backend.invalidate(["x"])
-    assert backend.get("a", MISSING, tags=["x"]) is MISSING
-    assert backend.get("b", MISSING, tags=["x", "y"]) is MISSING
-    assert backend.get("c", tags=["y"]) == 3
-    assert backend.get("d", tags=["z"]) == 4
-    assert backend.get("e") == 5
+    assert backend.get("a", tags=["x"]) == (False, None)
+    assert backend.get("b", tags=["x", "y"]) == (False, None)
+    assert backend.get("c", tags=["y"]) == (True, 3)
+    assert backend.get("d", tags=["z"]) == (True, 4)
+    assert backend.get("e") == (True, 5)
     backend.invalidate(["y", "z"])
-    assert backend.get("c", MISSING, tags=["y"]) is MISSING
-    assert backend.get("d", MISSING, tags=["z"]) is MISSING
-    assert backend.get("e") == 5
+    assert backend.get("c", tags=["y"]) == (False, None)
+    assert backend.get("d", tags=["z"]) == (False, None)
+    assert backend.get("e") == (True, 5)
 
 
 def test_invalidate_of_unknown_or_no_tags_is_harmless(backend):
     backend.set("k", 1, tags=["t"])
     backend.invalidate([])
     backend.invalidate(["never-used"])
-    assert backend.get("k", tags=["t"]) == 1
+    assert backend.get("k", tags=["t"]) == (True, 1)
 
 
 def test_entries_stored_after_an_invalidation_are_served(backend):
     backend.invalidate(["t"])
     backend.set("k", 1, tags=["t"])
-    assert backend.get("k", tags=["t"]) == 1
+    assert backend.get("k", tags=["t"]) == (True, 1)
     compute = Compute("x")
     backend.get_or_set("g", compute, tags=["t"])
     backend.get_or_set("g", compute, tags=["t"])
@@ -300,8 +299,8 @@ def test_clear_removes_everything_of_this_cache(backend):
     backend.set("a", 1, tags=["t"])
     backend.get_or_set("b", Compute(2), tags=["u"])
     backend.clear()
-    assert backend.get("a", MISSING, tags=["t"]) is MISSING
-    assert backend.get("b", MISSING, tags=["u"]) is MISSING
+    assert backend.get("a", tags=["t"]) == (False, None)
+    assert backend.get("b", tags=["u"]) == (False, None)
     assert list(backend.scan_keys()) == []
     if isinstance(backend, RedisCache):
         assert our_redis_keys(backend) == []  # not only as scan_keys() sees them
@@ -316,8 +315,8 @@ def test_clear_of_one_memory_cache_leaves_another_alone():
     first.set("k", 1)
     second.set("k", 2)
     first.clear()
-    assert first.get("k") is None
-    assert second.get("k") == 2
+    assert first.get("k") == (False, None)
+    assert second.get("k") == (True, 2)
 
 
 def test_clear_removes_only_this_caches_redis_keys(redis_client, make_redis_backend):
@@ -342,9 +341,9 @@ def test_clear_removes_only_this_caches_redis_keys(redis_client, make_redis_back
     mine.clear()
 
     assert our_redis_keys(mine) == []
-    assert mine.get("k", MISSING, tags=["t"]) is MISSING
+    assert mine.get("k", tags=["t"]) == (False, None)
     for cache_ in (other, guide):
-        assert cache_.get("k", tags=["t"]) == "value"
+        assert cache_.get("k", tags=["t"]) == (True, "value")
         assert cache_.get_or_set("g", fail, tags=["t", "u"]) == "computed"
     for k, v in unrelated.items():
         got = redis_client.get(k)
@@ -363,12 +362,12 @@ def test_clear_is_not_confused_by_glob_characters_in_prefixes(redis_client, pref
         redis_client.set(k, "keep")
     odd.set("k", 1, tags=["t*", "t?"])
     odd.get_or_set("g", Compute(2), tags=["[t]"])
-    assert odd.get("k", tags=["t*", "t?"]) == 1
+    assert odd.get("k", tags=["t*", "t?"]) == (True, 1)
 
     odd.clear()
 
-    assert odd.get("k", MISSING, tags=["t*", "t?"]) is MISSING
-    assert odd.get("g", MISSING, tags=["[t]"]) is MISSING
+    assert odd.get("k", tags=["t*", "t?"]) == (False, None)
+    assert odd.get("g", tags=["[t]"]) == (False, None)
     assert our_redis_keys(odd) == []
     for k in lookalikes:
         assert redis_client.exists(k), f"clear() with prefix {prefix!r} deleted {k!r}"
@@ -398,7 +397,7 @@ def test_missing_stamp_makes_the_entry_a_miss(backend):
 def test_missing_stamp_through_get_is_a_miss(backend):
     backend.set("k", 1, tags=["a"])
     backend.delete_keys(backend.stamp_keys(["a"]))
-    assert backend.get("k", MISSING, tags=["a"]) is MISSING
+    assert backend.get("k", tags=["a"]) == (False, None)
 
 
 def test_evicted_stamp_in_memory_makes_the_entry_a_miss():
@@ -406,7 +405,7 @@ def test_evicted_stamp_in_memory_makes_the_entry_a_miss():
     compute = Compute("v")
     backend.get_or_set("k", compute, tags=["a"])   # stamp, then entry
     backend.set("other", 1)                        # evicts the least recently used: the stamp
-    assert backend.get("k", MISSING, tags=["a"]) is MISSING
+    assert backend.get("k", tags=["a"]) == (False, None)
     backend.get_or_set("k", compute, tags=["a"])
     assert compute.calls == 2
 
@@ -531,7 +530,7 @@ def test_garbage_at_the_value_key_is_a_counted_miss(backend, raw):
 
 def test_garbage_through_get_returns_the_default(backend):
     _write_raw(backend, "k", b"\xff\xfe garbage")
-    assert backend.get("k", MISSING) is MISSING
+    assert backend.get("k") == (False, None)
     assert backend.stats.corrupt == 1
 
 
@@ -578,12 +577,12 @@ def test_a_stamp_that_is_not_a_stamp_is_a_counted_miss_and_is_replaced(backend):
     (an invalidation, always safe), so the tag is cached again after one miss."""
     for tag in ["t", *backend.implicit_tags]:
         skey = backend.stamp_keys([tag])[0]
-        for read in (lambda: backend.get("k", MISSING, tags=["t"]),
-                     lambda: asyncio.run(backend.aget("k", MISSING, tags=["t"]))):
+        for read in (lambda: backend.get("k", tags=["t"]),
+                     lambda: asyncio.run(backend.aget("k", tags=["t"]))):
             assert backend.set("k", "old", tags=["t"])
             _write_at(backend, skey, NOT_A_STAMP)
             corrupt = backend.stats.corrupt
-            assert read() is MISSING, tag
+            assert read() == (False, None), tag
             assert backend.stats.corrupt == corrupt + 1, tag
             assert isinstance(_text(backend.fetch([skey])[0]), str), "garbage left in place"
         _write_at(backend, skey, NOT_A_STAMP)
@@ -606,7 +605,7 @@ def test_nothing_is_stored_under_a_stamp_that_is_not_a_stamp(backend):
         assert backend.fetch([vkey]) == [None] and backend.stats.corrupt == corrupt + 1
         assert backend.fetch([skey])[0] != NOT_A_STAMP, "garbage left in place"
         assert store() is True  # the replaced stamp is a stamp again
-        assert backend.get("k", tags=["t"]) == "v"
+        assert backend.get("k", tags=["t"]) == (True, "v")
         backend.delete("k")
 
 
@@ -616,7 +615,7 @@ def test_garbage_does_not_break_later_calls_on_the_same_client(backend):
     for _ in range(3):
         with contextlib.suppress(Exception):  # reported by the tests above; here: no poisoning
             backend.get("bad", tags=["t"])
-        assert backend.get("good", tags=["t"]) == [1, 2]
+        assert backend.get("good", tags=["t"]) == (True, [1, 2])
 
 
 # -- size limits ---------------------------------------------------------------------------
@@ -631,10 +630,10 @@ def test_oversize_value_is_returned_but_not_stored(backend):
     assert compute.calls == 2
     assert small.stats.oversize == 2 and small.stats.stores == 0
     assert small.set("k2", big) is False
-    assert small.get("k2", MISSING) is MISSING
+    assert small.get("k2") == (False, None)
     # values under the limit are stored as usual
     assert small.set("k3", "tiny") is True
-    assert small.get("k3") == "tiny"
+    assert small.get("k3") == (True, "tiny")
 
 
 def test_memory_cache_evicts_least_recently_used():
@@ -642,12 +641,12 @@ def test_memory_cache_evicts_least_recently_used():
     lru.set("a", 1)
     lru.set("b", 2)
     lru.set("c", 3)
-    assert lru.get("a") == 1  # a is now the most recently used
+    assert lru.get("a") == (True, 1)  # a is now the most recently used
     lru.set("d", 4)
-    assert lru.get("b", MISSING) is MISSING
-    assert [lru.get(k) for k in "acd"] == [1, 3, 4]
+    assert lru.get("b") == (False, None)
+    assert [lru.get(k) for k in "acd"] == [(True, 1), (True, 3), (True, 4)]
     lru.set("e", 5)
-    assert lru.get("a", MISSING) is MISSING  # a was least recently used after the reads
+    assert lru.get("a") == (False, None)  # a was least recently used after the reads
     assert len(lru.keys()) <= 3
 
 
@@ -675,16 +674,16 @@ def test_odd_keys_and_tags_work_and_stay_distinct(backend):
     for i, text in enumerate(ODD):
         assert backend.set(text, i, tags=[text, "all"]) is True
     for i, text in enumerate(ODD):
-        assert backend.get(text, tags=[text, "all"]) == i
+        assert backend.get(text, tags=[text, "all"]) == (True, i)
     backend.invalidate(["*"])  # literally the tag "*", not a pattern
-    assert backend.get("*", MISSING, tags=["*", "all"]) is MISSING
-    assert backend.get("star*", tags=["star*", "all"]) == ODD.index("star*")
+    assert backend.get("*", tags=["*", "all"]) == (False, None)
+    assert backend.get("star*", tags=["star*", "all"]) == (True, ODD.index("star*"))
     backend.invalidate(["[ab]"])
-    assert backend.get("[ab]", MISSING, tags=["[ab]", "all"]) is MISSING
-    assert backend.get("?", tags=["?", "all"]) == ODD.index("?")
+    assert backend.get("[ab]", tags=["[ab]", "all"]) == (False, None)
+    assert backend.get("?", tags=["?", "all"]) == (True, ODD.index("?"))
     backend.clear()
     for text in ODD:
-        assert backend.get(text, MISSING, tags=[text, "all"]) is MISSING
+        assert backend.get(text, tags=[text, "all"]) == (False, None)
 
 
 def test_odd_keys_through_the_decorator(backend):
@@ -723,7 +722,7 @@ def test_keys_starting_with_the_reserved_part_of_meta_prefix_are_refused(backend
 
     with pytest.raises(ValueError):
         f()
-    assert backend.get("books", tags=["books"]) == 1
+    assert backend.get("books", tags=["books"]) == (True, 1)
     # merely containing it elsewhere is fine
     assert backend.set("x" + reserved, 2) is True
 
@@ -732,7 +731,7 @@ def test_reserved_prefix_only_applies_when_meta_prefix_extends_value_prefix(back
     separate = sibling(backend, value_prefix=f"v{uuid.uuid4().hex[:6]}:",
                        meta_prefix=f"m{uuid.uuid4().hex[:6]}:")
     assert separate.set("meta:t:books", 1) is True
-    assert separate.get("meta:t:books") == 1
+    assert separate.get("meta:t:books") == (True, 1)
 
 
 @pytest.mark.parametrize(("value_prefix", "meta_prefix"), [

@@ -23,7 +23,6 @@ from tests.support import run_concurrently, timed_calls, warm_square
 pytest_plugins = ("tests.servers",)
 pytestmark = [pytest.mark.real_redis, pytest.mark.cluster]
 
-MISS = object()
 # Sent by the test itself, or by a client to set up a connection / learn the topology.
 _NOT_DATA = ("info", "config", "hello", "client", "cluster", "command", "ping")
 
@@ -101,7 +100,7 @@ def test_hits_misses_and_invalidation_across_nodes(cluster_client, caplog):
     multi()
     solo()
     assert computed == ["multi", "solo", "multi", "multi", "solo"]
-    assert other.get(multi_key, MISS, tags=tags) == multi()
+    assert other.get(multi_key, tags=tags) == (True, multi())
     assert backend.stats.errors == 0 and other.stats.errors == 0
     assert backend.pending_invalidations == [] and other.pending_invalidations == []
     _no_crossslot(caplog)
@@ -131,8 +130,8 @@ def test_clear_removes_only_own_keys_on_every_node(cluster_client, redis_cluster
         assert with_prefix(after[port], theirs.value_prefix) == with_prefix(
             before[port], theirs.value_prefix), f"another cache's keys removed on {port}"
     assert [cluster_client.get(k) for k in foreign] == [b"keep"] * len(foreign)
-    assert ours.get("e1", MISS, tags=["t1", "all"]) is MISS
-    assert theirs.get("e1", MISS, tags=["t1", "all"]) == {"i": 1}
+    assert ours.get("e1", tags=["t1", "all"]) == (False, None)
+    assert theirs.get("e1", tags=["t1", "all"]) == (True, {"i": 1})
     assert ours.stats.errors == 0 and theirs.stats.errors == 0
     _no_crossslot(caplog)
     theirs.clear()

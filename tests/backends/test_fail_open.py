@@ -72,7 +72,7 @@ def test_calls_return_the_computed_value_when_redis_is_down(dead_backend, caplog
         return compute()
 
     assert [f(1)["computed"] for _ in range(5)] == [1, 2, 3, 4, 5]
-    assert dead_backend.get("k", "default") == "default"
+    assert dead_backend.get("k") == (False, None)
     assert dead_backend.set("k", 1) is False
     dead_backend.delete("k")  # no exception either
     assert dead_backend.stats.errors >= 1
@@ -201,7 +201,7 @@ def test_undelivered_invalidation_is_kept_and_reads_bypass_the_cache(dead_backen
     bypassed = dead_backend.stats.bypassed
     assert f() == {"computed": 1}
     assert f() == {"computed": 2}
-    assert dead_backend.get("k", "default") == "default"
+    assert dead_backend.get("k") == (False, None)
     assert dead_backend.stats.bypassed >= bypassed + 3
     assert dead_backend.pending_invalidations == ["book:1", "books"]
     errors = [r for r in caplog.records if r.name == "relaycache" and r.levelno >= logging.ERROR]
@@ -322,7 +322,7 @@ def test_an_invalidation_during_an_outage_costs_what_it_adds_not_what_is_pending
 
     for i in range(100):
         backend.invalidate([f"row:{8000 + i}"])
-        assert backend.get("row:5", "bypassed", tags=["row:5"]) == "bypassed"
+        assert backend.get("row:5", tags=["row:5"]) == (False, None)
     named, replaced = _by(main, backend.named), _by(main, backend.replaced)
     assert sum(named) <= 100 and max(named) == 1, (
         f"invalidate() named {max(named)} tags for the 1 it added")
@@ -334,9 +334,9 @@ def test_an_invalidation_during_an_outage_costs_what_it_adds_not_what_is_pending
     backend.down = False
     assert wait_until(lambda: backend.pending_invalidations == [], 10, 0.02)
     assert max(_by(RETRY, backend.replaced)) <= 1000, "the redelivery was not batched"
-    assert backend.get("row:5", "gone", tags=["row:5"]) == "gone"
+    assert backend.get("row:5", tags=["row:5"]) == (False, None)
     assert backend.set("row:5", "new", tags=["row:5"])
-    assert backend.get("row:5", tags=["row:5"]) == "new"
+    assert backend.get("row:5", tags=["row:5"]) == (True, "new")
 
 
 def test_an_invalidation_repeated_during_a_redelivery_is_not_forgotten_with_it():

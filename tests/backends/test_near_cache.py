@@ -36,7 +36,6 @@ pytest_plugins = ("tests.servers",)
 pytestmark = pytest.mark.real_redis
 
 ROOT = Path(__file__).resolve().parents[2]
-MISS = object()
 
 
 def _prefix() -> str:
@@ -62,8 +61,8 @@ def _warm(backend: RedisCache, key: str = "k", tags=("t",), value=None) -> None:
     value = {"v": 1} if value is None else value
     assert backend.set(key, value, tags=list(tags))
     before = backend.stats.near_hits
-    assert backend.get(key, tags=list(tags)) == value  # a near miss fills it
-    assert backend.get(key, tags=list(tags)) == value
+    assert backend.get(key, tags=list(tags)) == (True, value)  # a near miss fills it
+    assert backend.get(key, tags=list(tags)) == (True, value)
     assert backend.stats.near_hits == before + 1, backend.stats
 
 
@@ -105,10 +104,10 @@ def test_values_handed_out_are_never_shared(redis_server):
     backend = _backend(redis_server.url, _prefix())
     _warm(backend, value={"rows": [1, 2]})
 
-    first = backend.get("k", tags=["t"])
+    first = backend.get("k", tags=["t"])[1]
     first["rows"].append(3)
-    assert backend.get("k", tags=["t"]) == {"rows": [1, 2]}
-    assert backend.get("k", tags=["t"]) is not backend.get("k", tags=["t"])
+    assert backend.get("k", tags=["t"]) == (True, {"rows": [1, 2]})
+    assert backend.get("k", tags=["t"])[1] is not backend.get("k", tags=["t"])[1]
 
 
 def test_entries_and_bytes_are_bounded_least_recently_used_first(redis_server):
@@ -116,21 +115,21 @@ def test_entries_and_bytes_are_bounded_least_recently_used_first(redis_server):
     backend = _backend(redis_server.url, _prefix(), near)
     for n in range(4):  # each entry also brings its two stamps (t, __server__)
         backend.set(f"k{n}", n, tags=["t"])
-        assert backend.get(f"k{n}", tags=["t"]) == n
+        assert backend.get(f"k{n}", tags=["t"]) == (True, n)
     assert len(near) == 5 and backend.stats.near_evictions == 1
-    assert backend.get("k3", tags=["t"]) == 3
+    assert backend.get("k3", tags=["t"]) == (True, 3)
     hits = backend.stats.near_hits
-    assert backend.get("k3", tags=["t"]) == 3
+    assert backend.get("k3", tags=["t"]) == (True, 3)
     assert backend.stats.near_hits == hits + 1  # the most recent one stayed
 
     small = NearCache(max_bytes=2_000)
     other = _backend(redis_server.url, _prefix(), small)
     other.set("big", "x" * 1_500, tags=["t"])
     other.set("small", "y", tags=["t"])
-    assert other.get("big", tags=["t"]) == "x" * 1_500
-    assert other.get("small", tags=["t"]) == "y"
+    assert other.get("big", tags=["t"]) == (True, "x" * 1_500)
+    assert other.get("small", tags=["t"]) == (True, "y")
     assert small.nbytes <= 2_000
-    assert other.get("big", tags=["t"]) == "x" * 1_500  # evicted for room: from Redis
+    assert other.get("big", tags=["t"]) == (True, "x" * 1_500)  # evicted for room: from Redis
 
 
 def test_a_near_cache_belongs_to_one_cache(redis_server):
@@ -153,10 +152,10 @@ def test_changes_by_any_client_under_either_prefix_are_seen(redis_server, meta):
                          meta_prefix=meta, near_cache=NearCache())
     _warm(backend)
     admin.set(f"{meta}t:t", "another stamp")  # any client, not only a cache
-    assert backend.get("k", tags=["t"], default=MISS) is MISS
+    assert backend.get("k", tags=["t"]) == (False, None)
     _warm(backend)
     admin.delete("v:k")
-    assert backend.get("k", tags=["t"], default=MISS) is MISS
+    assert backend.get("k", tags=["t"]) == (False, None)
 
 
 # -- another process writes --------------------------------------------------------
@@ -239,7 +238,7 @@ def test_another_process_write_is_seen_by_every_read_after_it_returned(
         # its call returned (the flag is read first) must not serve the old value.
         while True:
             returned = writer.returned[0]
-            if backend.get("k", tags=["t"], default=MISS) is MISS:
+            if backend.get("k", tags=["t"]) == (False, None):
                 break
             if returned:
                 served_old.append((n, action))
@@ -259,7 +258,7 @@ def test_another_process_set_replaces_the_local_copy(redis_server, writer_proces
     _warm(backend, value="local")
     writer.do("set", "k")
     # set() over a valid entry makes no barrier (both are valid): one delivery.
-    assert wait_until(lambda: backend.get("k", tags=["t"]) == "from the writer", 2)
+    assert wait_until(lambda: backend.get("k", tags=["t"]) == (True, "from the writer"), 2)
 
 
 # -- the fill race ------------------------------------------------------------------
@@ -296,7 +295,7 @@ def test_the_fill_race(redis_server, write, guarded):
                            meta_prefix=prefix + "meta:", near_cache=near)
     other = _backend(redis_server.url, prefix)
     backend.set("k", "old", tags=["t"])
-    assert backend.get("k", tags=["t"]) == "old"
+    assert backend.get("k", tags=["t"]) == (True, "old")
     near.clear()  # the next read fills again, through the racing window
 
     def write_and_drain():
@@ -309,14 +308,14 @@ def test_the_fill_race(redis_server, write, guarded):
         near.lookup(["unrelated"])
 
     backend.between = write_and_drain
-    assert backend.get("k", tags=["t"]) == "old"  # read before the write: fine
+    assert backend.get("k", tags=["t"]) == (True, "old")  # read before the write: fine
     assert backend.between is None, "the race window was not reached"
 
-    served = backend.get("k", tags=["t"], default=MISS)
+    served = backend.get("k", tags=["t"])
     if guarded:
-        assert served is MISS
+        assert served == (False, None)
     else:
-        assert served == "old", "the negative control should have served the old entry"
+        assert served == (True, "old"), "the negative control should have served the old entry"
 
 
 def test_a_fill_that_spans_a_lost_connection_inserts_nothing(redis_server):
@@ -326,7 +325,7 @@ def test_a_fill_that_spans_a_lost_connection_inserts_nothing(redis_server):
                            meta_prefix=prefix + "meta:", near_cache=near)
     admin = redis_server.client()
     backend.set("k", "v", tags=["t"])
-    assert backend.get("k", tags=["t"]) == "v"
+    assert backend.get("k", tags=["t"]) == (True, "v")
     near.clear()
 
     def lose_tracking():
@@ -336,7 +335,7 @@ def test_a_fill_that_spans_a_lost_connection_inserts_nothing(redis_server):
         assert near.tracking
 
     backend.between = lose_tracking
-    assert backend.get("k", tags=["t"]) == "v"
+    assert backend.get("k", tags=["t"]) == (True, "v")
     assert len(near) == 0, "values read before tracking began must not be kept"
 
 
@@ -358,21 +357,21 @@ def test_a_killed_tracking_connection_empties_it_until_tracking_is_back(redis_se
     opened = source.connections
     source.connections = lambda: (_ for _ in ()).throw(redis.ConnectionError("refused"))
     try:
-        assert backend.get("k", tags=["t"], default=MISS) is MISS
+        assert backend.get("k", tags=["t"]) == (False, None)
         assert near.tracking is False and len(near) == 0
         assert backend.stats.near_resets == 1
         backend.set("k", {"v": 2}, tags=["t"])
         hits = backend.stats.near_hits
         for _ in range(20):
-            assert backend.get("k", tags=["t"]) == {"v": 2}
+            assert backend.get("k", tags=["t"]) == (True, {"v": 2})
             near._retry_at = 0.0  # let each read try (and fail) to reconnect
         assert backend.stats.near_hits == hits, "served while not tracking"
     finally:
         source.connections = opened
     near._retry_at = 0.0
-    assert backend.get("k", tags=["t"]) == {"v": 2}  # reconnects, fills
+    assert backend.get("k", tags=["t"]) == (True, {"v": 2})  # reconnects, fills
     assert near.tracking and len(_tracking_ids(admin)) == 1
-    assert backend.get("k", tags=["t"]) == {"v": 2}
+    assert backend.get("k", tags=["t"]) == (True, {"v": 2})
     assert backend.stats.near_hits == hits + 1
 
 
@@ -383,13 +382,13 @@ def test_a_server_restart_empties_it(redis_server):
     _warm(backend)
     redis_server.restart()
 
-    assert backend.get("k", tags=["t"], default=MISS) is MISS  # the server is empty
+    assert backend.get("k", tags=["t"]) == (False, None)  # the server is empty
     assert backend.stats.near_resets == 1
     assert wait_until(lambda: backend.set("k", "after", tags=["t"]), 5)
-    assert backend.get("k", tags=["t"]) == "after"
+    assert backend.get("k", tags=["t"]) == (True, "after")
     assert near.tracking
     hits = backend.stats.near_hits
-    assert backend.get("k", tags=["t"]) == "after"
+    assert backend.get("k", tags=["t"]) == (True, "after")
     assert backend.stats.near_hits == hits + 1
 
 
@@ -413,7 +412,7 @@ def test_a_silent_connection_stops_serving_after_the_heartbeat(redis_server):
         assert backend.stats.near_resets >= 1, "the unanswered PING must drop the connection"
     finally:
         redis_server.resume()
-    assert wait_until(lambda: backend.get("k", tags=["t"], default=MISS) == {"v": 1}, 5)
+    assert wait_until(lambda: backend.get("k", tags=["t"]) == (True, {"v": 1}), 5)
     assert wait_until(lambda: (backend.get("k", tags=["t"]), near.tracking)[1], 5)
 
 
@@ -423,7 +422,7 @@ def test_a_flush_empties_it(redis_server):
     near = _near(backend)
     _warm(backend)
     admin.flushdb()
-    assert backend.get("k", tags=["t"], default=MISS) is MISS
+    assert backend.get("k", tags=["t"]) == (False, None)
     assert near.tracking and backend.stats.near_resets == 0  # emptied, still tracking
 
 
@@ -433,14 +432,14 @@ def test_a_local_copy_expires_with_its_ttl_without_any_message(redis_server_fact
     admin.execute_command("DEBUG", "SET-ACTIVE-EXPIRE", "0")  # Redis sends nothing
     backend = _backend(server.url, _prefix())
     backend.set("k", "short", ttl=0.3, tags=["t"])
-    assert backend.get("k", tags=["t"]) == "short"
-    assert backend.get("k", tags=["t"]) == "short"
+    assert backend.get("k", tags=["t"]) == (True, "short")
+    assert backend.get("k", tags=["t"]) == (True, "short")
     assert backend.stats.near_hits == 1
     time.sleep(0.35)
     # Still in Redis, expired (the entry, two stamps, the server key: DBSIZE does not
     # expire keys, as a read would), and no message came.
     assert admin.dbsize() == 4
-    assert backend.get("k", tags=["t"], default=MISS) is MISS
+    assert backend.get("k", tags=["t"]) == (False, None)
 
 
 def test_a_forked_child_starts_empty_with_its_own_connection(redis_server):
@@ -451,13 +450,13 @@ def test_a_forked_child_starts_empty_with_its_own_connection(redis_server):
     pid = os.fork()
     if pid == 0:  # the child: exit status 0 only if every check holds
         ok = len(near) == 0 and not near.tracking
-        ok = ok and backend.get("k", tags=["t"]) == {"v": 1} and near.tracking
+        ok = ok and backend.get("k", tags=["t"]) == (True, {"v": 1}) and near.tracking
         os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     # The parent's connection survived the child's exit.
     hits = backend.stats.near_hits
-    assert backend.get("k", tags=["t"]) == {"v": 1}
+    assert backend.get("k", tags=["t"]) == (True, {"v": 1})
     assert backend.stats.near_hits == hits + 1 and near.tracking
     assert wait_until(lambda: len(_tracking_ids(admin)) == 1, 2)
 
@@ -485,12 +484,12 @@ def test_an_acl_user_needs_the_documented_commands(redis_server):
         backend.set("k", 1, tags=["t"])
         deadline = time.monotonic() + 0.3  # long enough for heartbeats
         while time.monotonic() < deadline:
-            assert backend.get("k", tags=["t"]) == 1
+            assert backend.get("k", tags=["t"]) == (True, 1)
         if missing is None:
             _backend(redis.Redis(host="127.0.0.1", port=redis_server.port, db=3,
                                  username="relaycache", password="s3cret"),
                      "rc:").invalidate(["t"])
-            assert backend.get("k", tags=["t"], default=MISS) is MISS
+            assert backend.get("k", tags=["t"]) == (False, None)
             assert backend.stats.near_hits > 10 and backend.stats.errors == 0
         denied[missing] = {entry["object"] for entry in admin.acl_log()}
         backend._near.clear()
@@ -508,20 +507,20 @@ def test_async_hits_make_no_round_trip_and_see_other_writes(redis_server):
 
     async def scenario():
         assert await backend.aset("k", "v1", tags=["t"])
-        assert await backend.aget("k", tags=["t"]) == "v1"  # fills
+        assert await backend.aget("k", tags=["t"]) == (True, "v1")  # fills
         reset_stats(admin)
         for _ in range(100):
-            assert await backend.aget("k", tags=["t"]) == "v1"
+            assert await backend.aget("k", tags=["t"]) == (True, "v1")
         sent = {name: n for name, n in command_stats(admin).items()
                 if name not in ("info", "ping") and not name.startswith("config")}
         assert sent == {}
         other.invalidate(["t"])
-        assert await backend.aget("k", tags=["t"], default=MISS) is MISS
+        assert await backend.aget("k", tags=["t"]) == (False, None)
         assert await backend.aset("k", "v2", tags=["t"])
-        assert await backend.aget("k", tags=["t"]) == "v2"
+        assert await backend.aget("k", tags=["t"]) == (True, "v2")
         await backend.ainvalidate(["t"])  # this process: evicted at once
-        assert await backend.aget("k", tags=["t"], default=MISS) is MISS
-        assert other.get("k", tags=["t"], default=MISS) is MISS
+        assert await backend.aget("k", tags=["t"]) == (False, None)
+        assert other.get("k", tags=["t"]) == (False, None)
 
     asyncio.run(scenario())
     assert backend.stats.near_hits >= 100
@@ -546,7 +545,7 @@ def test_cluster_hits_make_no_round_trip_and_writes_on_every_node_are_seen(
     assert len(keys) == 3
     for key in keys:
         backend.set(key, key, tags=["t", key])
-        assert backend.get(key, tags=["t", key]) == key
+        assert backend.get(key, tags=["t", key]) == (True, key)
     assert len(near._links) == 3
 
     nodes = shared_redis_cluster.node_clients()
@@ -554,7 +553,7 @@ def test_cluster_hits_make_no_round_trip_and_writes_on_every_node_are_seen(
         reset_stats(node)
     for _ in range(50):
         for key in keys:
-            assert backend.get(key, tags=["t", key]) == key
+            assert backend.get(key, tags=["t", key]) == (True, key)
     sent = [{name: n for name, n in command_stats(node).items()
              if name not in ("info", "ping", "cluster") and not name.startswith("config")}
             for node in nodes]
@@ -563,11 +562,11 @@ def test_cluster_hits_make_no_round_trip_and_writes_on_every_node_are_seen(
 
     other.delete(keys[0])  # an entry on one node
     other.invalidate([keys[1]])  # a stamp on the stamps' node
-    assert backend.get(keys[0], tags=["t", keys[0]], default=MISS) is MISS
-    assert backend.get(keys[1], tags=["t", keys[1]], default=MISS) is MISS
-    assert backend.get(keys[2], tags=["t", keys[2]]) == keys[2]
+    assert backend.get(keys[0], tags=["t", keys[0]]) == (False, None)
+    assert backend.get(keys[1], tags=["t", keys[1]]) == (False, None)
+    assert backend.get(keys[2], tags=["t", keys[2]]) == (True, keys[2])
     other.invalidate(["t"])
-    assert backend.get(keys[2], tags=["t", keys[2]], default=MISS) is MISS
+    assert backend.get(keys[2], tags=["t", keys[2]]) == (False, None)
     backend.clear()
 
 
@@ -596,6 +595,6 @@ def test_sentinel_failover_empties_it(redis_sentinel):
     assert backend.stats.near_resets >= 1
     other = _backend(sentinel.master_for(group.name, socket_timeout=1), prefix)
     assert wait_until(lambda: other.set("k", "new", tags=["t"]), 10, interval=0.1)
-    assert wait_until(lambda: backend.get("k", tags=["t"]) == "new", 5)
+    assert wait_until(lambda: backend.get("k", tags=["t"]) == (True, "new"), 5)
     other.invalidate(["t"])
-    assert backend.get("k", tags=["t"], default=MISS) is MISS
+    assert backend.get("k", tags=["t"]) == (False, None)

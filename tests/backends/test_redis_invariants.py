@@ -26,7 +26,6 @@ from tests.support import concurrently, run_concurrently, wait_until
 pytest_plugins = ("tests.servers",)
 pytestmark = pytest.mark.real_redis
 
-MISS = object()
 
 
 def _prefix() -> str:
@@ -94,6 +93,86 @@ def test_a_hit_is_exactly_one_mget_whatever_the_number_of_tags(redis_server):
     assert per_hit == {1: {"mget": 1.0}, 5: {"mget": 1.0}, 20: {"mget": 1.0}}
 
 
+# -- a miss: one round trip before the computation, one after -------------------------
+
+
+class _CountingConnection(redis.Connection):
+    """Counts what the client sends: one ``send_packed_command`` per command or per
+    pipeline, each answered before the next is sent, so one per round trip."""
+
+    sent = 0
+
+    def send_packed_command(self, command, check_health=True):
+        type(self).sent += 1
+        return super().send_packed_command(command, check_health)
+
+
+def test_a_miss_is_one_round_trip_before_computing_and_one_after(redis_server):
+    """The lookup's MGET brings the entry and every stamp; the miss stores under those
+    stamps (one script call) without fetching them again, and creates only the stamps
+    that were absent, in one pipeline before computing (they must exist before the
+    database is read: docs/consistency.md). Counted on the client (round trips) and on
+    a server of the test's own (commands: a script's own GET/SET count there too)."""
+    admin = redis_server.client()
+    pool = redis.ConnectionPool(host="127.0.0.1", port=redis_server.port,
+                                connection_class=_CountingConnection)
+    backend = _backend(redis.Redis(connection_pool=pool), _prefix())
+    tags = ["a", "b", "c", "d"]
+    stamps = len(tags) + len(backend.implicit_tags)
+    assert backend.get_or_set("warm", lambda: 0, tags=tags) == 0  # connection, script
+    rounds: dict[str, tuple[int, dict[str, int]]] = {}
+    trips_when_computed: list[int] = []
+
+    def compute(value):
+        def run():
+            trips_when_computed.append(_CountingConnection.sent)
+            return value
+        return run
+
+    def miss(label, key, value, tags_):
+        reset_stats(admin)
+        _CountingConnection.sent = 0
+        assert backend.get_or_set(key, compute(value), tags=tags_) == value
+        rounds[label] = (_CountingConnection.sent, _data_commands(command_stats(admin)))
+
+    miss("stamps present", "k", 1, tags)
+    assert backend.get_or_set("k", compute(-1), tags=tags) == 1  # stored
+    backend.invalidate(["a"])
+    miss("stale entry", "k", 2, tags)
+    miss("2 stamps absent", "k2", 3, [*tags, "new1", "new2"])
+    assert backend.get_or_set("k2", compute(-1), tags=[*tags, "new1", "new2"]) == 3
+    # The async driver, on the asyncio client (a plain pool: a connection class of
+    # its own would make the cache run the sync primitives in a thread instead).
+    async_backend = _backend(redis.Redis(host="127.0.0.1", port=redis_server.port),
+                             backend.value_prefix)
+
+    async def async_miss():
+        assert await async_backend.aget_or_set("async warm", _async_value(0), tags=tags) == 0
+        reset_stats(admin)  # the loop's connection is open and checked
+        assert await async_backend.aget_or_set("k3", _async_value(4),
+                                               tags=[*tags, "new3"]) == 4
+        return _data_commands(command_stats(admin))
+
+    async_commands = asyncio.run(async_miss())
+
+    print(f"\nmiss round trips and commands: {rounds}; async: {async_commands}")
+    store = {"evalsha": 1, "get": stamps, "set": 1}  # the store script, stamps checked
+    assert rounds["stamps present"] == (2, {"mget": 1, **store})
+    assert rounds["stale entry"] == (2, {"mget": 1, **store})
+    assert rounds["2 stamps absent"] == (3, {"mget": 1, **store, "get": stamps + 2,
+                                             "set": 2 + 1})
+    assert trips_when_computed == [1, 1, 2], "stamps must be taken before computing"
+    assert async_commands == {"mget": 1, **store, "get": stamps + 1, "set": 1 + 1}
+    assert backend.stats.errors == async_backend.stats.errors == 0
+    assert async_backend.stats.stores == 2
+
+
+def _async_value(value):
+    async def run():
+        return value
+    return run
+
+
 # -- invariant 5: invalidation is O(tags) ----------------------------------------------
 
 
@@ -107,7 +186,7 @@ def _invalidation_cost(server, entries: int) -> dict[str, int]:
     # The entries, the tag's stamp, the restart tag's stamp and the recorded run_id.
     assert admin.dbsize() == entries + 3, "expected the entries and 3 meta keys, no index"
     sample = random.Random(entries).sample(range(entries), 200)
-    assert all(backend.get(f"e{i}", MISS, tags=["bulk"]) == {"i": i} for i in sample)
+    assert all(backend.get(f"e{i}", tags=["bulk"]) == (True, {"i": i}) for i in sample)
 
     reset_stats(admin)
     invalidate(tags=["bulk"], backend=backend)
@@ -117,7 +196,7 @@ def _invalidation_cost(server, entries: int) -> dict[str, int]:
     # Every entry misses now, in this process and in any other one.
     other = _backend(redis.Redis(host="127.0.0.1", port=server.port), prefix)
     for cache_ in (backend, other):
-        assert [i for i in sample if cache_.get(f"e{i}", MISS, tags=["bulk"]) is not MISS] == []
+        assert [i for i in sample if cache_.get(f"e{i}", tags=["bulk"]) != (False, None)] == []
     recomputed = []
 
     @cache(backend=other, tags=["bulk"], key=lambda i: f"e{i}")
@@ -147,7 +226,7 @@ def test_invalidating_several_tags_is_one_set_per_tag(redis_server):
     reset_stats(admin)
     backend.invalidate(["a", "b", "c", "d", "e"])
     assert _data_commands(command_stats(admin)) == {"set": 5}
-    assert backend.get("k1", MISS, tags=["a", "b", "own:1"]) is MISS
+    assert backend.get("k1", tags=["a", "b", "own:1"]) == (False, None)
 
 
 # -- invariant 2: no stale set, with the writer on another client ----------------------
@@ -185,11 +264,11 @@ def test_result_computed_across_an_invalidation_is_never_served(real_redis_url, 
             assert get_title() == "old"  # the caller itself gets what it read
 
         assert reader.stats.stores_rejected == 1 and reader.stats.stores == 0
-        assert third.get("book:1", MISS, tags=["book:1"]) is MISS
+        assert third.get("book:1", tags=["book:1"]) == (False, None)
         assert get_title() == "new"
         assert get_title() == "new"
         assert calls == ["old", "new"]
-        assert third.get("book:1", MISS, tags=["book:1"]) == "new"
+        assert third.get("book:1", tags=["book:1"]) == (True, "new")
     finally:
         reader.clear()
 
@@ -333,13 +412,13 @@ def test_garbage_in_the_server_record_is_another_server_not_an_error(redis_serve
     backend = _backend(redis.Redis(host="127.0.0.1", port=redis_server.port), prefix)
     server_key = prefix + "meta:server"
     run_id = admin.info("server")["run_id"].encode()
-    reads = {"sync": lambda: backend.get("k", MISS, tags=["t"]),
-             "async": lambda: asyncio.run(backend.aget("k", MISS, tags=["t"]))}
+    reads = {"sync": lambda: backend.get("k", tags=["t"])[1],
+             "async": lambda: asyncio.run(backend.aget("k", tags=["t"]))[1]}
     for path, read in reads.items():
         assert backend.set("k", "old", tags=["t"]) and read() == "old"
         admin.set(server_key, b"\xff\xfe\x00garbage")
         _drop_connections(admin)
-        assert read() is MISS, f"{path}: an entry from before was served"
+        assert read() is None, f"{path}: an entry from before was served"
         assert admin.get(server_key) == run_id, path
         assert backend.set("k", "new", tags=["t"]) and read() == "new", path
     assert backend.stats.errors == 0 and backend.stats.hits == 4
@@ -367,7 +446,7 @@ def test_a_restart_check_whose_replacement_timed_out_is_done_again(
     connected = admin.info("clients")["connected_clients"]
     admin.execute_command("CLIENT", "PAUSE", 5000, "WRITE")  # reads pass, writes wait
     try:
-        assert moved.get("k", MISS, tags=["t"]) is MISS  # its replacement timed out
+        assert moved.get("k", tags=["t"]) == (False, None)  # its replacement timed out
         # Redis drops a paused command when its client goes: wait for that, or the
         # unpause could let the replacement through after all.
         assert wait_until(lambda: admin.info("clients")["connected_clients"] <= connected,
@@ -375,9 +454,9 @@ def test_a_restart_check_whose_replacement_timed_out_is_done_again(
     finally:
         admin.execute_command("CLIENT", "UNPAUSE")
     assert moved.stats.errors >= 1
-    assert stayed.get("k", MISS, tags=["t"]) == "stored on the new server", (
+    assert stayed.get("k", tags=["t"]) == (True, "stored on the new server"), (
         "the timed-out replacement was not expected to land")
     assert wait_until(lambda: not moved.breaker.is_open, 10, 0.1)
-    assert moved.get("k", MISS, tags=["t"]) is MISS, (
+    assert moved.get("k", tags=["t"]) == (False, None), (
         "the entry stored without the moved process's lost invalidations was served")
-    assert stayed.get("k", MISS, tags=["t"]) is MISS
+    assert stayed.get("k", tags=["t"]) == (False, None)

@@ -277,7 +277,7 @@ def test_instance_method_key_callable_may_use_self(backend):
     assert Tenant("a").report(1) == "a-1"
     assert Tenant("b").report(1) == "b-1"
     assert Tenant("a").report.__wrapped__(Tenant("a"), 1) == "a-1"
-    assert backend.get("tenant:b:1") == "b-1"
+    assert backend.get("tenant:b:1") == (True, "b-1")
 
 
 def test_cache_key_and_delete_through_an_instance():
@@ -453,8 +453,8 @@ def test_tags_are_computed_per_call(backend):
         return n
 
     f(1), f(2)
-    assert backend.get(f.cache_key(1), tags=["n:1"]) == 1
-    assert backend.get(f.cache_key(2), tags=["n:2"]) == 2
+    assert backend.get(f.cache_key(1), tags=["n:1"]) == (True, 1)
+    assert backend.get(f.cache_key(2), tags=["n:2"]) == (True, 2)
 
 
 # -- keys ------------------------------------------------------------------------------
@@ -469,7 +469,7 @@ def test_key_callable_sets_the_stored_key(backend):
 
     assert top("sf") == ["sf", "sf"]
     assert top.cache_key("sf") == "books_top:sf"
-    assert backend.get("books_top:sf", tags=["books"]) == ["sf", "sf"]
+    assert backend.get("books_top:sf", tags=["books"]) == (True, ["sf", "sf"])
     # the key ignores limit, so a different limit is the same entry (the user's choice)
     assert top("sf", limit=99) == ["sf", "sf"]
     assert seen.count == 1
@@ -498,11 +498,11 @@ def test_cache_key_matches_the_entry_and_delete_drops_only_it(backend):
         return n * 10 + m
 
     f(1), f(2)
-    assert backend.get(f.cache_key(1), tags=["shared"]) == 10
-    assert backend.get(f.cache_key(1, 0), tags=["shared"]) == 10
-    assert backend.get(f.cache_key(n=2), tags=["shared"]) == 20
+    assert backend.get(f.cache_key(1), tags=["shared"]) == (True, 10)
+    assert backend.get(f.cache_key(1, 0), tags=["shared"]) == (True, 10)
+    assert backend.get(f.cache_key(n=2), tags=["shared"]) == (True, 20)
     f.delete(n=1, m=0)
-    assert backend.get(f.cache_key(1), tags=["shared"]) is None
+    assert backend.get(f.cache_key(1), tags=["shared"]) == (False, None)
     f(1), f(2)
     assert seen.calls == [(1, 0), (2, 0), (1, 0)]
     f.delete(99)  # deleting an entry that does not exist is fine

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from relaycache import InMemoryCache, cache, invalidate
-from relaycache.core.keys import MAX_KEY_LENGTH, MAX_TAG_LENGTH, check_key, check_tags, function_key
+from relaycache import InMemoryCache, KeyBuilder, cache, invalidate
+from relaycache.core.keys import MAX_KEY_LENGTH, MAX_TAG_LENGTH, check_key, check_tags
 
 ROOT = Path(__file__).resolve().parents[2]
 _backend = InMemoryCache()
@@ -67,8 +67,8 @@ def keys_in_this_process() -> dict:
     calls = hash_sensitive_calls()
     return {
         "target": [target.cache_key(*args, **kwargs) for args, kwargs in calls],
-        "function_key": [function_key(other_target, {"a": args[0], **kwargs})
-                         for args, kwargs in calls],
+        "key_builder": [KeyBuilder(prefix="p", namespace="n").build(other_target, args, kwargs)
+                        for args, kwargs in calls],
         "method": Holder.method.cache_key(Holder(), set(WORDS)),
         "static": Holder.static.cache_key(frozenset(WORDS)),
         "set_order": repr(set(WORDS)),
@@ -96,7 +96,7 @@ def test_derived_keys_are_identical_across_processes_and_hash_seeds():
     # The hazard is real: these processes really iterate the same set differently.
     assert len({child["set_order"] for child in children.values()}) > 1
     for seed, child in children.items():
-        for name in ("target", "function_key", "method", "static"):
+        for name in ("target", "key_builder", "method", "static"):
             assert child[name] == here[name], f"PYTHONHASHSEED={seed}: {name} keys differ"
 
 
@@ -195,7 +195,7 @@ def test_keyword_values_are_not_swapped():
 
 
 def test_different_functions_with_the_same_arguments_get_different_keys():
-    assert function_key(target, {"a": 1}) != function_key(other_target, {"a": 1})
+    assert KeyBuilder().build(other_target, (1,), {}) != target.cache_key(1)
     assert Holder.method.cache_key(Holder(), 1) != target.cache_key(1)
     assert Holder.static.cache_key(1) != target.cache_key(1)
 

@@ -39,7 +39,7 @@ def test_guide_usage_example(client, guide_backend):
     assert second.status_code == first.status_code == 200
     assert second.content == first.content == b"guide call=1 query= fantasy"
     assert second["Content-Type"] == first["Content-Type"]
-    assert guide_backend.get("book_list:fantasy", tags=["book_page:fantasy", "book_pages"])
+    assert guide_backend.get("book_list:fantasy", tags=["book_page:fantasy", "book_pages"])[0]
 
 
 def test_guide_tags_invalidate(client, guide_backend):

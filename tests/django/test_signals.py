@@ -59,7 +59,7 @@ def test_hit_miss_invalidated(default_backend, received):
 
 def test_corrupt_miss(default_backend, received):
     default_backend.store_if_current(default_backend.value_key("bad"), b"{oops", [], [], None)
-    assert default_backend.get("bad") is None
+    assert default_backend.get("bad") == (False, None)
     assert received == [("miss", default_backend,
                          {"key": default_backend.value_key("bad"), "reason": "corrupt"})]
 

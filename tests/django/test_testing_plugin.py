@@ -33,7 +33,7 @@ def test_relaycache_backend_is_a_fresh_default(relaycache_backend):
     compute, calls = counted()
     compute(1), compute(1)
     assert calls == [1]
-    assert relaycache_backend.get(compute.cache_key(1), tags=["t"]) == {"x": 1}
+    assert relaycache_backend.get(compute.cache_key(1), tags=["t"]) == (True, {"x": 1})
 
 
 def test_relaycache_disabled_runs_the_code_every_time(relaycache_disabled, relaycache_counter):
@@ -47,7 +47,7 @@ def test_relaycache_disabled_runs_the_code_every_time(relaycache_disabled, relay
     counters = relaycache_disabled.stats.snapshot()
     assert counters["stores"] == counters["stores_rejected"] == 0  # nothing even tried
     assert relaycache_disabled.set("k", 1) is False
-    assert relaycache_disabled.get("k") is None
+    assert relaycache_disabled.get("k") == (False, None)
     invalidate(["t"])
     relaycache_counter.assert_invalidated("t")
 

@@ -30,9 +30,9 @@ def test_a_write_through_the_primary_invalidates_reads_tagged_for_the_replica():
                                        "BACKEND": memory_backend}):
         tags = [table_tag("ormapp_book", "replica")]
         memory_backend.set("replica-read", ["row"], tags=tags)
-        assert memory_backend.get("replica-read", tags=tags) == ["row"]
+        assert memory_backend.get("replica-read", tags=tags) == (True, ["row"])
         invalidate_tables(["ormapp_book"], using="default")
-        assert memory_backend.get("replica-read", tags=tags) is None
+        assert memory_backend.get("replica-read", tags=tags) == (False, None)
 
 
 @pytest.fixture

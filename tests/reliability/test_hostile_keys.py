@@ -16,7 +16,6 @@ from tests.servers import HOST
 pytest_plugins = ("tests.servers",)
 pytestmark = pytest.mark.real_redis
 
-MISS = object()
 
 HOSTILE = [
     "new\nline", "crlf\r\n*3\r\n$3\r\nDEL", "with space", " ", "\t", "*", "?", "[a-z]", "[", "]",
@@ -67,8 +66,8 @@ def test_hostile_keys_and_tags_round_trip(client_factory):
     for i, key in enumerate(keys):
         assert backend.set(key, {"key": key, "i": i}, tags=[tags[i % len(tags)], "all"]), key
     for i, key in enumerate(keys):
-        got = backend.get(key, MISS, tags=[tags[i % len(tags)], "all"])
-        assert got == {"key": key, "i": i}, (key, got)
+        got = backend.get(key, tags=[tags[i % len(tags)], "all"])
+        assert got == (True, {"key": key, "i": i}), (key, got)
     # One Redis key per cache key, named exactly prefix + key.
     entries = {k for k in _all_keys(client) if k.startswith(b"hk:")}
     assert entries == {("hk:" + key).encode() for key in keys}
@@ -76,11 +75,11 @@ def test_hostile_keys_and_tags_round_trip(client_factory):
     # Invalidating the tag "*" (or "?", "[a-z]"...) drops only the entries under it.
     star = keys[HOSTILE.index("*")]
     invalidate(["*"], backend=backend)
-    assert backend.get(star, MISS, tags=["*", "all"]) is MISS
+    assert backend.get(star, tags=["*", "all"]) == (False, None)
     survivors = [k for k in keys if k != star]
     for key in survivors:
         i = keys.index(key)
-        assert backend.get(key, MISS, tags=[tags[i % len(tags)], "all"]) == {"key": key, "i": i}
+        assert backend.get(key, tags=[tags[i % len(tags)], "all"]) == (True, {"key": key, "i": i})
 
     # The decorator, with hostile arguments in derived keys and in tags.
     calls = []
@@ -98,7 +97,7 @@ def test_hostile_keys_and_tags_round_trip(client_factory):
                        meta_prefix="hk-meta:")
     for key in survivors:
         i = keys.index(key)
-        assert other.get(key, MISS, tags=[tags[i % len(tags)], "all"]) == {"key": key, "i": i}
+        assert other.get(key, tags=[tags[i % len(tags)], "all"]) == (True, {"key": key, "i": i})
     assert backend.stats.errors == 0 and other.stats.errors == 0
     backend.clear()
 
@@ -129,7 +128,7 @@ def test_empty_names_are_clear_errors_and_long_ones_are_not(client_factory):
     # One character over the limits is stored like any key (digested).
     for length in (MAX_KEY_LENGTH, MAX_KEY_LENGTH + 1):
         assert backend.set("k" * length, length, tags=["t" * (length // 2 + 1)])
-        assert backend.get("k" * length, tags=["t" * (length // 2 + 1)]) == length
+        assert backend.get("k" * length, tags=["t" * (length // 2 + 1)]) == (True, length)
     backend.clear()
 
 
@@ -168,8 +167,8 @@ def test_long_keys_and_tags_from_request_input_are_digested_and_still_invalidate
     assert get_books_top(twin_slug)["n"] == 4
     elsewhere = RedisCache(client_factory(), default_ttl=60, value_prefix="lk:",
                            meta_prefix="lk-meta:")
-    assert elsewhere.get(f"books_top:{other_slug}", MISS,
-                         tags=[f"books_top:{other_slug}", "books"]) == other
+    assert elsewhere.get(f"books_top:{other_slug}",
+                         tags=[f"books_top:{other_slug}", "books"]) == (True, other)
     elsewhere.invalidate([f"books_top:{other_slug}"])
     assert get_books_top(other_slug)["n"] == 5
     assert get_books_top(long_slug) == first
@@ -180,7 +179,7 @@ def test_long_keys_and_tags_from_request_input_are_digested_and_still_invalidate
     assert backend.set(long_key, "genuine")
     crafted = bounded_key(long_key)
     assert backend.set(crafted, "forged")
-    assert backend.get(long_key) == "genuine" and backend.get(crafted) == "forged"
+    assert backend.get(long_key) == (True, "genuine") and backend.get(crafted) == (True, "forged")
     assert backend.stats.errors == 0 and backend.pending_invalidations == []
     backend.clear()
 
@@ -197,14 +196,14 @@ def test_a_tag_redis_cannot_encode_is_refused_and_does_not_poison_the_cache(clie
         with pytest.raises(ValueError):
             call()
     outcomes = {}
-    for name, call in [("get", lambda: backend.get("fine", MISS, tags=["ok"])),
+    for name, call in [("get", lambda: backend.get("fine", tags=["ok"])),
                        ("set", lambda: backend.set("other", 2, tags=["ok"])),
                        ("invalidate", lambda: backend.invalidate(["ok"]))]:
         try:
             outcomes[name] = call()
         except Exception as exc:
             outcomes[name] = f"{type(exc).__name__}: {exc}"
-    assert outcomes == {"get": 1, "set": True, "invalidate": None}, (
+    assert outcomes == {"get": (True, 1), "set": True, "invalidate": None}, (
         f"the refused tag poisoned the backend: {outcomes}; "
         f"pending {backend.pending_invalidations!r}")
     backend.clear()
@@ -260,8 +259,8 @@ def test_clear_with_glob_characters_in_prefixes_deletes_only_this_caches_keys(
     assert {k for k in before if not k.startswith(value_prefix.encode())} == after, (
         "clear() deleted keys that are not this cache's")
     assert [client.get(k) for k in foreign] == [b"keep"] * len(foreign)
-    assert theirs.get("e3", MISS, tags=["t3", "*", "?"]) == {"i": 3}
-    assert ours.get("e3", MISS, tags=["t3", "*", "?"]) is MISS
+    assert theirs.get("e3", tags=["t3", "*", "?"]) == (True, {"i": 3})
+    assert ours.get("e3", tags=["t3", "*", "?"]) == (False, None)
     assert ours.stats.errors == 0 and theirs.stats.errors == 0
     theirs.clear()
     for key in foreign:  # one by one: on a cluster they live in different slots
