@@ -64,6 +64,7 @@ class Config:
     mixed_rounds: int = 2
     mixed_seconds: float = 6.0
     mixed_warmup: float = 1.5
+    mixed_prefill: int = 5_000  # the most popular books' pages are read before each run
     write_ratios: list[float] = field(default_factory=lambda: [0.01, 0.10])
     stampede_procs: int = 4
     stampede_threads: int = 8
@@ -83,9 +84,9 @@ SMOKE = Config(
     books=300, genres=10, publishers=20, rounds=1, hit_n=40, hit_budget_s=0.05, hit_warmup=3,
     miss_rounds=1, miss_n=5, miss_budget_s=0.05, inval_sizes=[100, 1_000],
     inval_api_limit=200, inval_api_seed=100, inval_repeats=3, refill_budget=20_000, pool=2,
-    mixed_rounds=1, mixed_seconds=0.5, mixed_warmup=0.2, stampede_procs=2, stampede_threads=4,
-    stampede_rounds=1, stampede_hold_s=0.3, stale_seconds=1.0, stale_rows=4, memory_entries=100,
-    growth_writes=400, growth_checkpoints=2, timeout_s=40.0)
+    mixed_rounds=1, mixed_seconds=0.5, mixed_warmup=0.2, mixed_prefill=100, stampede_procs=2,
+    stampede_threads=4, stampede_rounds=1, stampede_hold_s=0.3, stale_seconds=1.0, stale_rows=4,
+    memory_entries=100, growth_writes=400, growth_checkpoints=2, timeout_s=40.0)
 
 
 # -- worker processes --------------------------------------------------------------------
@@ -442,27 +443,22 @@ class Bench:
                     res = self.group(procs, f"mixed{n}", [
                         {"cmd": "mixed", "seconds": cfg.mixed_seconds,
                          "warmup": cfg.mixed_warmup, "write_ratio": ratio,
-                         "seed": 1000 * n + i} for i in range(len(procs))])
+                         "seed": 1000 * n + i, "index": i, "procs": len(procs),
+                         "prefill": cfg.mixed_prefill} for i in range(len(procs))])
                     raw[str(ratio)][lib].append(res)
-            self.log(f"workload 4 (mixed load): round {r + 1}/{cfg.mixed_rounds} done")
+            self.log(f"workload 4 (page load): round {r + 1}/{cfg.mixed_rounds} done")
         out: dict[str, dict[str, Any]] = {}
         for ratio, per_lib in raw.items():
-            out[ratio] = {}
-            for lib, runs in per_lib.items():
-                reads = sorted(x for run in runs for member in run for x in member["reads"])
-                writes = sorted(x for run in runs for member in run for x in member["writes"])
-                seconds = sum(run[0]["seconds"] for run in runs)
-                queries = sum(m["queries"] for run in runs for m in run)
-                selects = sum(m["db_selects"] for run in runs for m in run)
-                out[ratio][lib] = {
-                    "ops_per_s": (len(reads) + len(writes)) / seconds,
-                    "reads": len(reads), "writes": len(writes),
-                    "read_p50_ns": pct(reads, 50), "read_p99_ns": pct(reads, 99),
-                    "write_p50_ns": pct(writes, 50), "write_p99_ns": pct(writes, 99),
-                    "hit_ratio": 1 - selects / queries if queries else 0.0,
-                    "errors": sum(m["errors"] for run in runs for m in run),
-                    "processes": len(self.pools[lib]),
-                }
+            out[ratio] = {lib: mixed_summary(runs, len(self.pools[lib]))
+                          for lib, runs in per_lib.items()}
+            plain = out[ratio].get("plain")
+            for entry in out[ratio].values():
+                entry["ops_vs_plain"] = (entry["ops_per_s"] / plain["ops_per_s"]
+                                         if plain and plain["ops_per_s"] else None)
+                entry["save_vs_plain"] = (entry["write_p50_ns"]["save"]
+                                          / plain["write_p50_ns"]["save"]
+                                          if plain and plain["write_p50_ns"]["save"]
+                                          and entry["write_p50_ns"]["save"] else None)
         self.results["mixed"] = out
 
     # -- workload 5 -----------------------------------------------------------------
@@ -603,6 +599,54 @@ def cpus_awake(wanted: bool) -> Iterator[str]:
         yield "held off (/dev/cpu_dma_latency = 0 during the run)"
     finally:
         os.close(fd)
+
+
+def mixed_summary(runs: list[list[dict[str, Any]]], processes: int) -> dict[str, Any]:
+    """One library at one write share: every process of every round pooled.
+    Throughput is each process' operations over its window less the harness'
+    bookkeeping (version records, locks, stale checks), summed over processes, then
+    averaged over rounds."""
+    members = [m for run in runs for m in run]
+    reads = sorted(x for m in members for x in m["reads"])
+    kinds = list(members[0]["writes"]) if members else []
+    writes = {k: sorted(x for m in members for x in m["writes"][k]) for k in kinds}
+
+    def total(field: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for m in members:
+            for k, v in m[field].items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+    queries, hits, cold, stale = total("queries"), total("hits"), total("cold_misses"), \
+        total("stale")
+    n_queries = sum(queries.values())
+    n_hits = sum(hits.values())
+    rates = [sum((len(m["reads"]) + sum(len(w) for w in m["writes"].values()))
+                 / max(m["seconds"] - m["harness_s"], 1e-9) for m in run) for run in runs]
+    all_writes = sorted(x for w in writes.values() for x in w)
+    return {
+        "ops_per_s": statistics.mean(rates) if rates else 0.0,
+        "ops_per_s_rounds": rates,
+        "reads": len(reads), "writes": {k: len(v) for k, v in writes.items()},
+        "read_p50_ns": pct(reads, 50), "read_p99_ns": pct(reads, 99),
+        "write_p50_ns": {"all": pct(all_writes, 50), **{k: pct(v, 50) for k, v in writes.items()}},
+        "write_p99_ns": {"all": pct(all_writes, 99), **{k: pct(v, 99) for k, v in writes.items()}},
+        "queries": n_queries, "hit_ratio": n_hits / n_queries if n_queries else 0.0,
+        "per_query": {k: {"queries": q, "hits": hits.get(k, 0), "cold_misses": cold.get(k, 0)}
+                      for k, q in queries.items()},
+        "cold_misses": sum(cold.values()),
+        "stale": sum(stale.values()), "stale_by_query": stale,
+        "stale_checked": sum(m["stale_checked"] for m in members),
+        "stale_examples": [e for m in members for e in m["stale_examples"]][:3],
+        "harness_share": (sum(m["harness_s"] for m in members)
+                          / sum(m["seconds"] for m in members) if members else 0.0),
+        "prefill_s": max((m["prefill_s"] for m in members), default=0.0),
+        "errors": sum(m["errors"] for m in members),
+        "error": next((m["error"] for m in members if m["error"]), ""),
+        "backend": [m["backend"] for m in members if m.get("backend")][:1],
+        "processes": processes,
+    }
 
 
 def pct(ordered: list[int], p: float) -> float | None:

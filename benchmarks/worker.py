@@ -14,6 +14,7 @@ PostgreSQL", for every library alike.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import gc
 import itertools
 import json
@@ -25,6 +26,7 @@ import threading
 import time
 import traceback
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -83,6 +85,30 @@ def _neutralize_relaycache() -> None:
             signal.disconnect(signals.invalidate_book_listings, sender=sender)
 
 
+@contextlib.contextmanager
+def _without_sample_receivers(active: bool) -> Iterator[None]:
+    """The sample's receivers that keep its ``@cache`` services' tags fresh, off: the
+    page load reads no such service, and a site that only uses ``.cached()`` querysets
+    has none, so they would add an ``invalidate()`` round trip to every relaycache
+    write that is no cost of its ORM cache."""
+    if not active:
+        yield
+        return
+    from books import signals
+    from books.models import Book, BookGenre, BookPublisher
+    from django.db.models.signals import post_delete, post_save
+
+    pairs = [(signal, sender) for signal in (post_save, post_delete)
+             for sender in (Book, BookGenre, BookPublisher)]
+    for signal, sender in pairs:
+        signal.disconnect(signals.invalidate_book_listings, sender=sender)
+    try:
+        yield
+    finally:
+        for signal, sender in pairs:
+            signal.connect(signals.invalidate_book_listings, sender=sender)
+
+
 def summary(samples: list[int]) -> dict[str, Any]:
     ordered = sorted(samples)
     n = len(ordered)
@@ -133,6 +159,7 @@ class Worker:
         self._books: dict[int, Any] | None = None
         self._clone_script = self.client.register_script(_CLONE)
         self.harness = settings.HARNESS_PREFIX
+        self._pageload: Any = None
 
     # -- helpers -------------------------------------------------------------------
 
@@ -308,10 +335,16 @@ class Worker:
     # -- workload 3: invalidation cost versus entries --------------------------------
 
     def _inval_queryset(self, i: int) -> Any:
+        """Reads the title: a title save changes what it shows (RelayCache drops
+        only the entries naming the columns an UPDATE sets)."""
         from books.models import Book
 
         return (self.lib.qs(Book).filter(id__gte=i).order_by("id")
-                .values_list("id", flat=True)[:1])
+                .values_list("id", "title")[:1])
+
+    def _inval_tags(self) -> list[str]:
+        """The tags of RelayCache's workload-3 entries (all alike but for ``i``)."""
+        return list(self._inval_queryset(0).cache_info().tags)
 
     def _entry_key(self, queryset: Any) -> str:
         """The raw Redis key the library stored ``queryset``'s result under."""
@@ -347,11 +380,9 @@ class Worker:
         """Whether clone ``i`` would be served, by the library's own rule."""
         key = self._clone_key(i)
         if self.name == "relaycache":
-            from relaycache.orm.invalidation import database_tag, table_tag
-
-            tags = [database_tag("default"), table_tag("books_book")]
             backend = self.settings.CACHE_BACKEND
-            return backend.get(key[len(backend.value_prefix):], tags=tags) is not None
+            hit, _ = backend.get(key[len(backend.value_prefix):], tags=self._inval_tags())
+            return hit
         if self.name == "cacheops":
             return bool(self.client.exists(key)) and bool(
                 self.client.sismember(self._conj_key, key))
@@ -402,10 +433,8 @@ class Worker:
 
         # What makes the entries valid again after a timed invalidation.
         if self.name == "relaycache":
-            from relaycache.orm.invalidation import database_tag, table_tag
-
             backend = self.settings.CACHE_BACKEND
-            stamp_keys = backend.stamp_keys([database_tag("default"), table_tag("books_book")])
+            stamp_keys = backend.stamp_keys(self._inval_tags())
             saved = self.client.mget(stamp_keys)
             stamp_ms = int(backend.stamp_ttl * 1000)
 
@@ -488,48 +517,27 @@ class Worker:
         book.save(update_fields=["title"])
 
     def cmd_mixed(self, seconds: float, warmup: float, write_ratio: float, seed: int,
-                  barrier: str, zipf_s: float = 1.1) -> dict[str, Any]:
+                  barrier: str, index: int, procs: int, prefill: int,
+                  zipf_s: float = 1.1) -> dict[str, Any]:
+        """The page load of :mod:`benchmarks.pageload`: first this process' share of
+        the ``prefill`` most popular books' pages and of the listings is read (so
+        that the run starts warm), then all processes start together."""
         order, cum = self._zipf(zipf_s)
-        total = cum[-1]
-        rng = random.Random(seed)
+        if self._pageload is None:
+            from benchmarks.pageload import PageLoad
+
+            self._pageload = PageLoad(self, DB, self.harness)
+        load = self._pageload
+        t0 = time.monotonic()
+        prefilled = load.prefill(order[:prefill], index, procs)
+        prefill_s = time.monotonic() - t0
         stats = self._backend_stats()
-        self.barrier(barrier)
-        start = time.monotonic()
-        measure_from = start + warmup
-        end = measure_from + seconds
-        reads: list[int] = []
-        writes: list[int] = []
-        queries = selects = 0
-        n = 0
-        errors = 0
-        while True:
-            now = time.monotonic()
-            if now >= end:
-                break
-            book_id = order[bisect.bisect_left(cum, rng.random() * total)]
-            is_write = rng.random() < write_ratio
-            before = DB.selects
-            t0 = perf_ns()
-            try:
-                if is_write:
-                    n += 1
-                    self._write(book_id, n)
-                else:
-                    self._page(book_id)
-            except Exception:
-                errors += 1
-                continue
-            elapsed = perf_ns() - t0
-            if now < measure_from:
-                continue
-            if is_write:
-                writes.append(elapsed)
-            else:
-                reads.append(elapsed)
-                queries += 2
-                selects += DB.selects - before
-        return {"reads": reads, "writes": writes, "queries": queries, "db_selects": selects,
-                "seconds": seconds, "errors": errors, "backend": self._stats_delta(stats)}
+        with _without_sample_receivers(self.name == "relaycache"):
+            result = load.run(seconds, warmup, write_ratio, seed, order, cum, prefilled,
+                              lambda: self.barrier(barrier))
+        result["prefill_s"] = prefill_s
+        result["backend"] = self._stats_delta(stats)
+        return result
 
     # -- workload 5: stampede --------------------------------------------------------
 

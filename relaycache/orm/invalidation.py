@@ -1,4 +1,5 @@
-"""Automatic invalidation: every SQL write on every connection replaces its tables' stamps.
+"""Automatic invalidation: every SQL write on every connection replaces the stamps of
+the rows, key values and columns it names (:mod:`.pins`), or of its whole tables.
 
 One database-level hook (an ``execute_wrapper`` on every connection) sees all writes:
 ``save()``, ``update()``, ``bulk_*``, m2m changes, cascades, raw SQL, ``flush``,
@@ -29,11 +30,12 @@ from django.db.models.signals import class_prepared, post_migrate
 from ..backends.base import BaseCache
 from ..core import events
 from ..core.defaults import get_default_backend
-from . import patches
+from . import patches, pins
 from .scope import track_statement
 from .sqlwrites import (
     ALL_TABLES,
     changes_views,
+    row_write,
     snapshot_isolation,
     table_name,
     written_tables,
@@ -63,12 +65,15 @@ def namespace(using: str) -> str:
 
 
 def table_tag(table: str, using: str = "default") -> str:
-    """The tag every cached query reading ``table`` through ``using`` carries.
+    """The tag every write to ``table`` through ``using`` replaces: give it to a cached
+    function, view or template fragment that reads the table.
 
-    ``table`` is named as in ``db_table`` or in SQL, schema-qualified or not: the tag
-    knows it by :func:`~.sqlwrites.table_name`, as reads and writes do.
+    (Cached ORM queries depend on finer tags, which writes replace too: docs/consistency.md,
+    "Granular invalidation".) ``table`` is named as in ``db_table`` or in SQL,
+    schema-qualified or not: the tag knows it by :func:`~.sqlwrites.table_name`, as reads
+    and writes do.
     """
-    return f"table:{namespace(using)}:{table_name(table)}"
+    return pins.table_tag(namespace(using), table_name(table))
 
 
 def database_tag(using: str = "default") -> str:
@@ -99,14 +104,36 @@ def is_replica(using: str) -> bool:
 
 
 def write_tags(tables: Iterable[str], using: str) -> list[str]:
+    """The tags a write to every row of ``tables`` replaces."""
     if frozenset(tables) >= ALL_TABLES:
         return [database_tag(using)]
-    return [table_tag(t, using) for t in tables]
+    ns = namespace(using)
+    return [tag for t in tables for tag in (pins.table_tag(ns, table_name(t)),
+                                            pins.all_tag(ns, table_name(t)))]
 
 
 def invalidate_tables(tables: Iterable[str], using: str = "default") -> None:
-    """Invalidate cached queries reading ``tables`` (``{"*"}``: the whole database)."""
-    tags = write_tags(tables, using)
+    """Invalidate cached queries reading ``tables`` (``{"*"}``: the whole database), and
+    what was tagged with their :func:`table_tag`.
+
+    Raises ``TypeError`` for a bare string (one table is ``["shop_book"]``) or a model
+    class (use ``invalidate_model``), ``ValueError`` for an empty name or an alias that
+    is not in ``DATABASES``.
+    """
+    if isinstance(tables, (str, bytes)):
+        raise TypeError(f"invalidate_tables() takes a list of table names, not one string: "
+                        f"write invalidate_tables([{tables!r}])")
+    names = list(tables)
+    for name in names:
+        if isinstance(name, type):
+            raise TypeError(f"invalidate_tables() takes table names; for the model {name!r} "
+                            f"use invalidate_model({name.__name__})")
+        if not isinstance(name, str) or not name.strip():
+            raise TypeError(f"invalidate_tables() takes table names (strings), got {name!r}")
+    if using not in connections.settings:
+        raise ValueError(f"invalidate_tables(using={using!r}): no such database alias; "
+                         f"DATABASES has {sorted(connections.settings)}")
+    tags = write_tags(names, using)
     for backend in orm_backends():
         backend.invalidate(tags)
 
@@ -137,19 +164,25 @@ def in_transaction(connection: BaseDatabaseWrapper) -> bool:
 
 
 class _InvalidateOnCommit(patches.AfterCommit):
-    """Invalidates the tables a transaction wrote, right after its COMMIT."""
+    """Invalidates what a transaction wrote, right after its COMMIT; ``tables`` are the
+    tables written (which its own reads bypass until then), ``tags`` what to replace."""
 
-    __slots__ = ("tables", "using")
+    __slots__ = ("tables", "tags")
 
-    def __init__(self, tables: frozenset[str], using: str) -> None:
-        self.tables = tables
-        self.using = using
+    def __init__(self, tables: frozenset[str], tags: frozenset[str]) -> None:
+        self.tables = set(tables)
+        self.tags = set(tags)
+
+    def merge(self, other: _InvalidateOnCommit) -> None:
+        self.tables |= other.tables
+        self.tags |= other.tags
 
     def __call__(self) -> None:
-        _invalidate_own(orm_backends(), write_tags(self.tables, self.using))
+        _invalidate_own(orm_backends(), sorted(self.tags))
 
     def covers(self, other: patches.AfterCommit) -> bool:
-        return isinstance(other, _InvalidateOnCommit) and self.tables >= other.tables
+        return (isinstance(other, _InvalidateOnCommit) and self.tables >= other.tables
+                and self.tags >= other.tags)
 
 
 class _InvalidateAgain(patches.AfterCommit):
@@ -183,6 +216,21 @@ class _SnapshotTransaction(patches.AfterCommit):
         return isinstance(other, _SnapshotTransaction)
 
 
+class _Baseline(patches.AfterCommit):
+    """Marks the transaction as counted as committed in the atomic block it was
+    registered in (:func:`set_baseline`); holds the tables it wrote and the tags those
+    writes replaced, which its rollback changes back (:func:`end_baseline`)."""
+
+    __slots__ = ("tables", "tags")
+
+    def __init__(self, tables: set[str], tags: set[str]) -> None:
+        self.tables = tables
+        self.tags = tags
+
+    def __call__(self) -> None:
+        return None
+
+
 _Callback = _InvalidateOnCommit | _InvalidateAgain | _SnapshotTransaction
 
 _snapshot_sessions: weakref.WeakSet[BaseDatabaseWrapper] = weakref.WeakSet()
@@ -191,11 +239,17 @@ _snapshot_sessions: weakref.WeakSet[BaseDatabaseWrapper] = weakref.WeakSet()
 def _schedule_once(connection: BaseDatabaseWrapper, callback: _Callback) -> None:
     """Run ``callback`` after the COMMIT, unless one registered at this savepoint level
     or an enclosing one covers it: that one survives every rollback that would not undo
-    what ``callback`` is for too."""
+    what ``callback`` is for too. Invalidations at one savepoint level share one
+    callback, whose fate under rollbacks is theirs."""
     active = set(connection.savepoint_ids)
     for savepoints, pending in patches.pending(connection):
         if savepoints <= active and isinstance(pending, _Callback) and pending.covers(callback):
             return
+    if isinstance(callback, _InvalidateOnCommit):
+        for savepoints, pending in patches.pending(connection):
+            if savepoints == active and isinstance(pending, _InvalidateOnCommit):
+                pending.merge(callback)
+                return
     patches.schedule(connection, callback)
 
 
@@ -207,23 +261,99 @@ def dirty_tables(connection: BaseDatabaseWrapper) -> set[str]:
                          if isinstance(callback, _InvalidateOnCommit)))
 
 
-def record_write(connection: BaseDatabaseWrapper, tables: frozenset[str]) -> None:
+def set_baseline(connection: BaseDatabaseWrapper) -> None:
+    """Tests only (:mod:`relaycache.testing`): let ``connection``'s open transaction,
+    which will be rolled back, count as committed for the cache, the atomic block open
+    now as if it ran in autocommit. What it wrote so far is invalidated now and no
+    longer bypasses the cache; writes made directly in that block are invalidated when
+    their statement runs; misses read anywhere in the transaction are stored. Writes in
+    atomic blocks opened inside it bypass as usual until the transaction ends.
+
+    Sound while no other connection writes the tables its reads cache, as in one test's
+    transaction, and if :func:`end_baseline` is called before the rollback.
+    """
+    if not connection.in_atomic_block:
+        raise RuntimeError("set_baseline() needs a connection inside atomic")
+    tables: set[str] = set()
+    tags: set[str] = set()
+    kept = []
+    for entry in connection.run_on_commit:
+        if isinstance(entry[1], _InvalidateOnCommit):
+            tables |= entry[1].tables
+            tags |= entry[1].tags
+        else:
+            kept.append(entry)
+    connection.run_on_commit = kept
+    patches.schedule(connection, _Baseline(tables, tags))
+    _invalidate_own(orm_backends(), sorted(tags))
+
+
+def end_baseline(connection: BaseDatabaseWrapper) -> None:
+    """End :func:`set_baseline` before the transaction rolls back: what its writes
+    replaced is invalidated again now (the rollback writes those rows back), and reads
+    of the tables it wrote bypass the cache until it ends."""
+    baseline = _baseline(connection)
+    if baseline is None:
+        return
+    connection.run_on_commit = [entry for entry in connection.run_on_commit
+                                if entry[1] is not baseline]
+    if baseline.tables:
+        _schedule_once(connection, _InvalidateOnCommit(frozenset(baseline.tables),
+                                                       frozenset(baseline.tags)))
+        _invalidate_own(orm_backends(), sorted(baseline.tags))
+
+
+def _baseline(connection: BaseDatabaseWrapper, here: bool = False) -> _Baseline | None:
+    """The open transaction's :func:`set_baseline` marker (``here``: only if
+    statements run directly in its block). The marker leaves with the transaction, or
+    with the savepoint it was set in if that rolls back. ``atomic(savepoint=False)``
+    blocks (``None`` ids; Django's own ``delete()`` opens one) share their enclosing
+    block's fate, so they do not count."""
+    if not connection.in_atomic_block:
+        return None
+    for savepoints, callback in patches.pending(connection):
+        if isinstance(callback, _Baseline):
+            if here and {sid for sid in savepoints if sid is not None} != {
+                    sid for sid in connection.savepoint_ids if sid is not None}:
+                return None
+            return callback
+    return None
+
+
+def has_baseline(connection: BaseDatabaseWrapper) -> bool:
+    """Whether the open transaction counts as committed (:func:`set_baseline`)."""
+    return _baseline(connection) is not None
+
+
+def record_write(connection: BaseDatabaseWrapper, tables: frozenset[str],
+                 row_tags: list[str] | None = None) -> None:
     """Invalidate what a statement wrote: at once in autocommit, right after the COMMIT
-    in a transaction. A write through a view writes the tables the view reads."""
+    in a transaction. ``row_tags``: the finer tags the statement's rows replace
+    (:mod:`.pins`), else its tables'. A write through a view writes the tables the view
+    reads, as a whole."""
     using = connection.alias
     if not tables >= ALL_TABLES:
         try:
-            tables = tables | view_bases(connection, tables)
+            bases = view_bases(connection, tables)
         except Error:  # the catalog cannot be read now: assume the worst
-            tables = ALL_TABLES
+            tables, bases = ALL_TABLES, frozenset()
+        if bases:
+            tables, row_tags = tables | bases, None
+    tags = write_tags(tables, using) if row_tags is None else row_tags
     if not in_transaction(connection):
-        _invalidate_own(orm_backends(), write_tags(tables, using))
+        _invalidate_own(orm_backends(), tags)
+        return
+    baseline = _baseline(connection, here=True)
+    if baseline is not None:
+        baseline.tables |= tables
+        baseline.tags.update(tags)
+        _invalidate_own(orm_backends(), tags)
         return
     if not connection.in_atomic_block:
         # Autocommit off: also at once, which bounds the harm of a COMMIT RelayCache
         # does not see (raw SQL, the driver's own commit(); docs/limits.md).
-        _invalidate_own(orm_backends(), write_tags(tables, using))
-    _schedule_once(connection, _InvalidateOnCommit(tables, using))
+        _invalidate_own(orm_backends(), tags)
+    _schedule_once(connection, _InvalidateOnCommit(tables, frozenset(tags)))
 
 
 def record_isolation(connection: BaseDatabaseWrapper, scope: str) -> None:
@@ -310,6 +440,7 @@ def forget_views(setting: str = "DATABASES", **kwargs: Any) -> None:
     if setting != "DATABASES":
         return
     _model_tables = None
+    pins.forget()
     _relation_bases.clear()
     _bases_of.clear()
 
@@ -377,21 +508,64 @@ def _inspect(sql: str) -> tuple[frozenset[str], str | None, bool]:
     return written_tables(sql), snapshot_isolation(sql), changes_views(sql)
 
 
+_RETURNING_VENDORS = frozenset({"postgresql", "sqlite"})
+
+
+def _keys_to_return(connection: BaseDatabaseWrapper, sql: Any, many: bool) -> list[str]:
+    """Key columns an UPDATE or DELETE should return: their values in the rows it
+    touches, which its statement does not say (``instance.delete()``'s foreign keys,
+    ``save(update_fields=...)``'s). Read atomically with the write, they spare
+    invalidating every value of those keys."""
+    if many or not isinstance(sql, str) or connection.vendor not in _RETURNING_VENDORS:
+        return []
+    write = row_write(sql)
+    if write is None or not connection.features.can_return_columns_from_insert:
+        return []
+    return pins.unstated_keys(write)
+
+
+def _row_tags(sql: str, params: Any, context: dict[str, Any],
+              returned: dict[str, list[Any]] | None) -> list[str] | None:
+    """The finer tags a statement that ran replaces, if its SQL names its rows."""
+    write = row_write(sql)
+    if write is None:
+        return None
+    rowcount = getattr(context["cursor"], "rowcount", -1)
+    return pins.write_tags(write, params, rowcount if isinstance(rowcount, int) else -1,
+                           namespace(context["connection"].alias), returned)
+
+
 # Django's execute_wrapper protocol: params and the result are the database adapter's.
 def _on_execute(execute: Callable[[str, Any, bool, dict[str, Any]], Any], sql: str,
                 params: Any, many: bool, context: dict[str, Any]) -> Any:
+    connection = context["connection"]
+    keys = _keys_to_return(connection, sql, many)
+    returned: dict[str, list[Any]] | None = None
+    ran = False
     try:
-        return execute(sql, params, many, context)
+        if not keys:
+            result = execute(sql, params, many, context)
+        else:
+            quote = connection.ops.quote_name
+            result = execute(f"{sql} RETURNING {', '.join(map(quote, keys))}", params, many,
+                             context)
+            rows = context["cursor"].fetchall()  # the row count is final once fetched
+            returned = {key: [row[i] for row in rows] for i, key in enumerate(keys)}
+        ran = True
+        return result
     finally:
-        track_statement(context["connection"], sql, params, many)
+        track_statement(connection, sql, params, many)
         tables, isolation, views = (_inspect(sql) if isinstance(sql, str)
                                     else (ALL_TABLES, None, True))
         if views:
             forget_views()
         if tables:
-            record_write(context["connection"], tables)
+            row_tags = (_row_tags(sql, params, context, returned) if ran and not many
+                        and len(tables) == 1 and not tables >= ALL_TABLES else None)
+            if row_tags != []:  # [] : it changed no row
+                record_write(connection, tables, row_tags)
         if isolation:
-            record_isolation(context["connection"], isolation)
+            record_isolation(connection, isolation)
 
 
 def install(connection: BaseDatabaseWrapper, **kwargs: Any) -> None:

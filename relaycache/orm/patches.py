@@ -73,10 +73,16 @@ def schedule(connection: BaseDatabaseWrapper, callback: AfterCommit) -> None:
 def manual_transaction(connection: BaseDatabaseWrapper) -> bool:
     """Whether ``connection`` runs in a transaction the application manages by hand
     (``set_autocommit(False)``), inside ``atomic`` or not; ``atomic`` entered in
-    autocommit turns autocommit off too, and marks its block to commit on exit."""
+    autocommit turns autocommit off too, and marks its block to commit on exit.
+
+    Asks nothing of the database: a connection Django has not opened yet will open with
+    the ``AUTOCOMMIT`` setting, and an open one knows its mode (``get_autocommit()``
+    would connect, so that a hit after ``connection.close()`` reconnected)."""
     if connection.in_atomic_block:
         return not connection.commit_on_exit
-    return not connection.get_autocommit()
+    if connection.connection is None:
+        return not connection.settings_dict.get("AUTOCOMMIT", True)
+    return not connection.autocommit
 
 
 def run_after_commit(connection: BaseDatabaseWrapper) -> None:

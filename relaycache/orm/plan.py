@@ -20,19 +20,21 @@ from django.db.utils import load_backend
 from ..core import events
 from ..core.codec import to_json
 from ..core.keys import digest
+from . import pins
 from .invalidation import (
     can_store_inside_transaction,
     database_tag,
     dirty_tables,
+    has_baseline,
     is_replica,
     namespace,
-    table_tag,
     view_bases,
 )
 from .options import CacheOptions
 from .patches import manual_transaction
 from .rows import ROWS_FORMAT
 from .scope import session_state
+from .sqlwrites import identifiers, identifiers_past_select
 from .tables import Uncacheable, query_tables
 
 if TYPE_CHECKING:
@@ -92,21 +94,51 @@ def param_data(param: object) -> Any:
         raise
 
 
+def _aggregates_in_place(query: Query, shape: Sequence[object]) -> bool:
+    """Whether ``shape`` is a ``count()``/``aggregate()`` Django runs on the query's own
+    FROM and WHERE, replacing its select list (no subquery: nothing that makes the
+    selected values matter, such as DISTINCT, a slice, a combinator or GROUP BY)."""
+    return bool(shape) and shape[0] in ("count", "aggregate") and not (
+        query.distinct or query.is_sliced or query.combinator or query.annotations
+        or query.group_by is not None or query.extra or query.distinct_fields)
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [text for item in value for text in _strings(item)]
+    return []
+
+
 def analyse(query: Query, connection: BaseDatabaseWrapper, sql: str, params: Iterable[object],
             shape: Sequence[object], options: CacheOptions) -> Analysis:
-    """Entry digest and table tags of a compiled read; raises :class:`Uncacheable`."""
+    """Entry digest and tags of a compiled read; raises :class:`Uncacheable`.
+
+    A table the walk finds but whose name the SQL never spells is not read (a join
+    Django trimmed, a relation only filtered on by its key): it is no dependency. The
+    SQL of the result ``shape`` counts as spelled too (an aggregate's own SQL, which
+    names the columns it reads: ``values("id").aggregate(Sum("price"))``), and when
+    Django aggregates over the query's FROM and WHERE directly, its select list does
+    not (``count()`` reads no column it selects).
+    """
     if query.explain_info is not None:
         raise Uncacheable("explain() output is not cached")
     allow_raw = bool(options.tags) or _allows_extra(query)
-    tables = frozenset(query_tables(query, allow_raw=allow_raw))
+    spelled = identifiers_past_select(sql) if _aggregates_in_place(query, shape) else (
+        identifiers(sql))
+    names = spelled | identifiers(" ".join(_strings(shape)))
+    occurrences = {table: count for table, count in
+                   query_tables(query, allow_raw=allow_raw).items() if table in names}
     using = connection.alias
     try:
         encoded_params = [param_data(param) for param in params]
     except TypeError as exc:
         raise Uncacheable(f"a parameter cannot be encoded: {exc}") from None
     entry_digest = digest([ROWS_FORMAT, sql, encoded_params, shape])
-    tags = (database_tag(using), *(table_tag(t, using) for t in tables))
-    return Analysis(digest=entry_digest, tables=tables, tags=tags)
+    tags = (database_tag(using), *pins.read_tags(query, connection, occurrences, names,
+                                                 namespace(using), raw=allow_raw))
+    return Analysis(digest=entry_digest, tables=frozenset(occurrences), tags=tags)
 
 
 _identities: dict[tuple[object, ...], str] = {}
@@ -186,7 +218,9 @@ def plan_for(analysis: Analysis, connection: BaseDatabaseWrapper, options: Cache
     A miss is stored only if it reads committed data at least as new as every write
     invalidated before its stamps were taken: in autocommit, or inside ``atomic`` under
     READ COMMITTED; never with autocommit off (it may see its own uncommitted writes),
-    never through a replica alias (it may lag) (docs/consistency.md).
+    never through a replica alias (it may lag) (docs/consistency.md); in a test's
+    transaction counted as committed (:func:`~.invalidation.set_baseline`), on any
+    database and isolation level.
     """
     try:
         views = view_bases(connection, analysis.tables) - analysis.tables
@@ -199,9 +233,12 @@ def plan_for(analysis: Analysis, connection: BaseDatabaseWrapper, options: Cache
     if scope is None:
         raise Uncacheable(UNKNOWN_SESSION)
     store = not manual_transaction(connection) and not is_replica(connection.alias) and (
-        not connection.in_atomic_block or can_store_inside_transaction(connection))
+        not connection.in_atomic_block or can_store_inside_transaction(connection)
+        or has_baseline(connection))
     key = hashlib.blake2b(f"{scope}|{analysis.digest}".encode(), digest_size=16).hexdigest()
-    tags = [*analysis.tags, *(table_tag(t, connection.alias) for t in sorted(views)),
+    ns = namespace(connection.alias)
+    tags = [*analysis.tags,
+            *(tag for t in sorted(views) for tag in pins.unpinned_tags(ns, t, None)),
             *options.tags]
     return ReadPlan(key=f"{options.key or 'orm'}:{key}", tags=tags, store=store)
 

@@ -8,6 +8,8 @@ FROM clause and every expression: filters, annotations, ordering, ``Subquery`` a
 
 from __future__ import annotations
 
+from collections import Counter
+
 from django.db.models import Func
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Now, Random
@@ -33,20 +35,21 @@ class Uncacheable(Exception):
     """The query must run uncached; the message is the observable reason."""
 
 
-def query_tables(query: Query, *, allow_raw: bool = False) -> set[str]:
+def query_tables(query: Query, *, allow_raw: bool = False) -> Counter[str]:
     """Every table ``query`` reads, by its :func:`~.sqlwrites.table_name` (the name its
-    tag knows, as writes name it too: ``db_table = 'other"."note'`` reads ``note``).
+    tag knows, as writes name it too: ``db_table = 'other"."note'`` reads ``note``),
+    with the number of times it occurs (aliases, in subqueries too).
 
     Raises :class:`Uncacheable` for row locks (in subqueries too), random ordering,
     volatile functions and, unless ``allow_raw`` (the caller named its own tags), raw
     SQL fragments.
     """
-    tables: set[str] = set()
+    tables: Counter[str] = Counter()
     _walk_query(query, tables, allow_raw)
     return tables
 
 
-def _walk_query(query: Query, tables: set[str], allow_raw: bool) -> None:
+def _walk_query(query: Query, tables: Counter[str], allow_raw: bool) -> None:
     if query.select_for_update:
         raise Uncacheable(SELECT_FOR_UPDATE)
     if query.extra or query.extra_tables:
@@ -55,7 +58,7 @@ def _walk_query(query: Query, tables: set[str], allow_raw: bool) -> None:
         tables.update(table_name(t) for t in query.extra_tables)
     for entry in query.alias_map.values():
         if isinstance(entry, (BaseTable, Join)):
-            tables.add(table_name(entry.table_name))
+            tables[table_name(entry.table_name)] += 1
             if isinstance(entry, Join) and entry.filtered_relation is not None:
                 _walk(entry.filtered_relation.condition, tables, allow_raw)
         else:
@@ -71,7 +74,7 @@ def _walk_query(query: Query, tables: set[str], allow_raw: bool) -> None:
         _walk_query(combined, tables, allow_raw)
 
 
-def _walk(node: object, tables: set[str], allow_raw: bool) -> None:
+def _walk(node: object, tables: Counter[str], allow_raw: bool) -> None:
     if node is None or isinstance(node, (str, int, float, bool)):
         return
     if isinstance(node, Query):

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from django.apps import apps
 from django.db import connections, models, router
 
-from .invalidation import invalidate_tables, table_tag
+from .invalidation import invalidate_tables, table_tag, write_tags
 
 
 def model_tables(model: type[models.Model]) -> list[str]:
@@ -47,6 +47,12 @@ def model_tags(model: type[models.Model] | str, using: str | None = None) -> lis
     resolved = resolve_model(model)
     alias = using or router.db_for_read(resolved)
     return [table_tag(table, alias) for table in model_tables(resolved)]
+
+
+def model_write_tags(model: type[models.Model] | str, using: str) -> list[str]:
+    """What a write to every row of ``model`` through ``using`` replaces: its
+    :func:`model_tags` and what cached ORM reads of its tables depend on."""
+    return write_tags(model_tables(resolve_model(model)), using)
 
 
 def invalidate_model(model: type[models.Model] | str, using: str | None = None) -> None:

@@ -48,7 +48,7 @@ def test_panel_lists_hits_misses_uncacheable_queries_and_invalidations():
     assert [e["kind"] for e in stats["events"]] == ["miss", "hit", "uncacheable",
                                                    "invalidated"]
     assert "ormapp_book" in stats["events"][0]["sql"]
-    assert "table:default:ormapp_book" in stats["events"][0]["detail"]
+    assert "all:default:ormapp_book" in stats["events"][0]["detail"]
     assert "random" in stats["events"][2]["detail"]
     assert panel.nav_subtitle == "1 hits, 1 misses"
     with override_settings(TEMPLATES=TEMPLATES):

@@ -81,17 +81,20 @@ def test_a_callback_reads_every_table_the_transaction_wrote_fresh(scenario, shop
 
 def test_invalidations_run_after_the_commit_before_the_block_returns(scenario, shop,
                                                                       orm_cache):
-    """Once per write, not before the COMMIT, and not again from Django's own list."""
+    """Once per savepoint level (however many writes), not before the COMMIT, and not
+    again from Django's own list."""
     query = titles()
     scenario.warm(query)
     invalidations = orm_cache.stats.invalidations
     with transaction.atomic():
         Book.objects.filter(pk=shop.dune.pk).update(title="first")
+        Book.objects.filter(pk=shop.dune.pk).update(title="first")
         with transaction.atomic():
             Book.objects.filter(pk=shop.foundation.pk).update(title="second")
+            Book.objects.filter(pk=shop.foundation.pk).update(title="second")
         assert orm_cache.stats.invalidations == invalidations
-        assert len(list(patches.pending(connection))) == 1  # one covers both writes
-    assert orm_cache.stats.invalidations == invalidations + 1
+        assert len(list(patches.pending(connection))) == 2  # one per level
+    assert orm_cache.stats.invalidations == invalidations + 2
     assert connection.run_on_commit == []
     assert scenario.fresh(query)[:2] == ["first", "second"]
 

@@ -4,48 +4,26 @@ COMMIT (docs/consistency.md, "Transactions" and "Explicit invalidations inside a
 transaction"). Each step of each process is driven in turn (:mod:`tests.orm.step_worker`),
 so the interleaving that loses an invalidation happens every time.
 
-Runs only with ``RELAYCACHE_TEST_DATABASE_URL`` (PostgreSQL) and
-``RELAYCACHE_TEST_REDIS_URL`` set; under ``RELAYCACHE_STRICT=1`` their absence is a
-failure, never a skip.
+Runs only with PostgreSQL and a real Redis (:mod:`tests.orm.stale_support`).
 """
 
 from __future__ import annotations
 
-import os
-
 import pytest
-from django.db import connection
 
-from tests.orm.stale_worker import database_settings
+from tests.orm.stale_support import REAL_SERVICES, REDIS_URL, worker_databases
 from tests.orm.step_worker import Workers
 from tests.ormapp.models import Label
 
-DATABASE_URL = os.environ.get("RELAYCACHE_TEST_DATABASE_URL", "")
-REDIS_URL = os.environ.get("RELAYCACHE_TEST_REDIS_URL", "")
-STRICT = os.environ.get("RELAYCACHE_STRICT") == "1"
-MISSING = [name for name, value in (("RELAYCACHE_TEST_DATABASE_URL", DATABASE_URL),
-                                    ("RELAYCACHE_TEST_REDIS_URL", REDIS_URL)) if not value]
-
-pytestmark = [
-    pytest.mark.real_redis,
-    pytest.mark.postgres,
-    pytest.mark.django_db(transaction=True, available_apps=["tests.ormapp"]),
-    pytest.mark.skipif(bool(MISSING) and not STRICT,
-                       reason=f"needs {' and '.join(MISSING)} (PostgreSQL and redis-server)"),
-]
+pytestmark = [*REAL_SERVICES,
+              pytest.mark.django_db(transaction=True, available_apps=["tests.ormapp"])]
 
 
 @pytest.fixture
 def workers():
-    if MISSING:  # only reached under RELAYCACHE_STRICT=1
-        pytest.fail(f"RELAYCACHE_STRICT=1 but {', '.join(MISSING)} not set", pytrace=False)
     started = Workers(REDIS_URL)
     yield started
     started.close()
-
-
-def _database():
-    return {"default": database_settings(connection.settings_dict)}
 
 
 @pytest.mark.parametrize("via", ["save", "update"])
@@ -55,7 +33,7 @@ def test_a_reader_process_caching_before_the_commit_is_invalidated(workers, via)
     (``update()``). Reader, between that and the COMMIT: misses and caches the
     committed, old row. After the COMMIT the reader sees the new row."""
     pk = Label.objects.create(name="old").pk
-    writer, reader = workers.start(_database()), workers.start(_database())
+    writer, reader = workers.start(worker_databases()), workers.start(worker_databases())
     read_step = reader.label_name if via == "save" else reader.cached_name
     assert read_step(pk=pk) == "old"
     writer.begin()
@@ -73,7 +51,7 @@ def test_a_reader_process_caching_before_the_commit_is_invalidated(workers, via)
 def test_a_manual_transaction_is_invalidated_at_its_commit(workers):
     """``set_autocommit(False)``, a write, a reader caching the old row, ``commit()``."""
     pk = Label.objects.create(name="old").pk
-    writer, reader = workers.start(_database()), workers.start(_database())
+    writer, reader = workers.start(worker_databases()), workers.start(worker_databases())
     assert reader.cached_name(pk=pk) == "old"
     writer.set_autocommit(value=False)
     writer.update(pk=pk, name="new")
@@ -89,7 +67,7 @@ def test_nothing_read_in_a_rolled_back_manual_transaction_reaches_other_processe
     on the same connection, ``rollback()``: no process may then read the value that was
     never committed."""
     pk = Label.objects.create(name="committed").pk
-    writer, reader = workers.start(_database()), workers.start(_database())
+    writer, reader = workers.start(worker_databases()), workers.start(worker_databases())
     writer.set_autocommit(value=False)
     writer.update(pk=pk, name="999")
     assert writer.cached_name(pk=pk) == "999"

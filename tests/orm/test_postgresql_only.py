@@ -27,7 +27,7 @@ from relaycache.orm.queryset import CacheInfo
 from relaycache.orm.scope import session_state
 from relaycache.orm.tables import SELECT_FOR_UPDATE
 from tests.conftest import REDIS_URL, _make_client, _redis_cache
-from tests.orm.support import ORM_SCENARIO, in_thread, read
+from tests.orm.support import ORM_SCENARIO, in_thread, read, snap
 from tests.ormapp.models import AllTypes, Book, Genre, Label, Publisher, Review, SchemaNote
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -592,3 +592,18 @@ def test_django_tenants_serves_each_tenant_its_own_rows(spare_database, orm_cach
     assert steps["tenant_a notes after a raw SET, search_path set once"] == {
         "cached": ["tenant_b note", "tenant_b second note"],
         "database": ["tenant_b note", "tenant_b second note"], "hit": False}
+
+
+# -- a hit touches no database connection (issue 16) ------------------------------------
+
+def test_a_hit_opens_no_connection_and_a_miss_does(scenario, shop):
+    """After ``connection.close()`` (``CONN_MAX_AGE=0`` does it after each request), a
+    request whose reads all hit must not reconnect: with the database down, hits are
+    still served (docs/failure.md)."""
+    query = read(lambda: Book.objects.filter(pk=shop.dune.pk))
+    expected = snap(scenario.warm(query))
+    connection.close()
+    assert snap(scenario.cached(query)) == expected  # (counting queries would connect)
+    assert connection.connection is None
+    scenario.fresh(read(lambda: Book.objects.filter(pk=shop.foundation.pk)))
+    assert connection.connection is not None

@@ -332,13 +332,15 @@ def test_orm_write_turns_the_page_fresh(client, seeded):
     book.save()
     response = client.get(url)
     assert badge(response) == "miss"
-    # The genre lookup reads books_genre only: still a hit. The count, the page's
-    # rows (both read books_book) and get_books_top (signals.py) miss.
-    assert "(1 hit, 3 misses)" in response.content.decode()
+    # The genre lookup reads books_genre only, and the count only the books' ids (which
+    # save() does not assign): both still hit. The page's rows (which show the title)
+    # and get_books_top (signals.py) miss.
+    assert "(2 hits, 2 misses)" in response.content.decode()
     reads = cached_reads(response)
     assert (reads[0]["kind"], reads[0]["outcome"]) == ("query", "hit")
-    assert reads[0]["tags"] == ["db:default", "table:default:books_genre"]
-    assert [r["outcome"] for r in reads[1:]] == ["miss"] * 3
+    assert reads[0]["tags"] == ["db:default", "all:default:books_genre",
+                                "rows:default:books_genre", "upd:default:books_genre"]
+    assert [r["outcome"] for r in reads[1:]] == ["hit", "miss", "miss"]
     assert table_rows(response)[0][0] == "1 renamed by save"
     assert badge(client.get(url)) == "hit"
 
@@ -468,11 +470,18 @@ def test_cached_reads_are_listed_with_tags(client, seeded):
     assert hits_and_misses(response) == (0, len(reads))
     genre_read, count_read, rows_read, top_read = reads
     assert genre_read["label"].startswith("SELECT") and "books_genre" in genre_read["label"]
-    assert genre_read["tags"] == ["db:default", "table:default:books_genre"]
+    assert genre_read["tags"] == ["db:default", "all:default:books_genre",
+                                  "rows:default:books_genre", "upd:default:books_genre"]
     assert rows_read["label"].startswith("SELECT") and "LIMIT" in rows_read["label"]
-    assert set(rows_read["tags"]) == {"db:default", "table:default:books_genre",
-                                      "table:default:books_book",
-                                      "table:default:books_bookgenre"}
+    # every table it reads, by the columns it names (books_bookgenre: all of them)
+    assert set(rows_read["tags"]) == {
+        "db:default", "all:default:books_genre", "rows:default:books_genre",
+        "col:default:books_genre:id", "col:default:books_genre:slug",
+        "all:default:books_book", "rows:default:books_book", "col:default:books_book:id",
+        "col:default:books_book:title", "col:default:books_book:author",
+        "col:default:books_book:publication_date", "col:default:books_book:is_featured",
+        "all:default:books_bookgenre", "rows:default:books_bookgenre",
+        "upd:default:books_bookgenre"}
     # the Paginator's count(): listed with its SQL and tags once RelayCache reports
     # them for counts, with its key until then
     assert count_read["kind"] in ("query", "entry")
@@ -490,8 +499,9 @@ def test_cached_reads_are_listed_with_tags(client, seeded):
     index = cached_reads(client.get("/"))
     assert [(r["kind"], r["outcome"]) for r in index] == [("query", "miss")]
     assert [r["outcome"] for r in cached_reads(client.get("/"))] == ["hit"]
-    assert set(index[0]["tags"]) == {"db:default", "table:default:books_genre",
-                                     "table:default:books_bookgenre"}
+    # it reads books_genre and books_bookgenre, never books_book
+    assert {tag.split(":")[2] for tag in index[0]["tags"] if tag != "db:default"} == {
+        "books_genre", "books_bookgenre"}
 
 
 def test_cached_reads_of_an_empty_request(client):
@@ -576,8 +586,10 @@ def test_book_page_shows_the_book_and_its_form(client, seeded):
     assert [r["outcome"] for r in reads] == ["miss"] * len(reads)
     # get_book_details is a singleflight: it looks twice, listed and counted once
     assert hits_and_misses(response) == (0, len(reads))
-    assert reads[0]["kind"] == "query" and reads[0]["tags"] == ["db:default",
-                                                                 "table:default:books_book"]
+    # pinned to the book's primary key: only a write to this book drops it
+    assert reads[0]["kind"] == "query" and reads[0]["tags"] == [
+        "db:default", "all:default:books_book", "pinned:default:books_book:id",
+        f"pin:default:books_book:id:{book.id}"]
     assert reads[1] == {"kind": "function", "outcome": "miss",
                         "label": f"@cache get_book_details({book.id})",
                         "tags": [f"book:{book.id}", "books"]}
@@ -651,10 +663,11 @@ def test_edit_invalidates_and_shows_the_new_value(csrf_client, seeded):
     assert detail_title(reloaded) == "0 Edited on the page"
 
     # The genre page: its rows and the featured list miss once and show the edit
-    # (first by title, now featured); the genre lookup, which reads no books, hits.
+    # (first by title, now featured); the genre lookup, which reads no books, and the
+    # count, which reads only their ids, hit.
     listing = client.get(genre_url)
     assert badge(listing) == "miss"
-    assert hits_and_misses(listing) == (1, 3)
+    assert hits_and_misses(listing) == (2, 2)
     first = book_rows(listing)[0]
     assert (first["id"], first["title"], first["featured"]) == (
         book.id, "0 Edited on the page", True)

@@ -36,7 +36,8 @@ from relaycache.core.defaults import get_default_backend
 from relaycache.core.keys import check_tags
 from relaycache.orm.feed import DEFAULT_INTERVAL, Feed, FeedError, feed_status
 from relaycache.orm.invalidation import database_tag
-from relaycache.orm.targets import model_tags, resolve_model
+from relaycache.orm.pins import explain
+from relaycache.orm.targets import model_write_tags, resolve_model
 
 # -- helpers -----------------------------------------------------------------------
 
@@ -156,7 +157,7 @@ class Command(BaseCommand):
                 raise CommandError("--all cannot be combined with --tag or --model")
             tags = [database_tag(alias) for alias in connections]
         for model in models:
-            tags += [tag for alias in connections for tag in model_tags(model, alias)]
+            tags += [tag for alias in connections for tag in model_write_tags(model, alias)]
         if not tags:
             raise CommandError("nothing to invalidate: give --tag TAG, "
                                "--model app_label.Model or --all")
@@ -342,6 +343,9 @@ class Command(BaseCommand):
         if found is None:
             raise CommandError(f"no entry under {key!r} in {backend!r}")
         data = {"backend": repr(backend), **found}
+        for tag in data["tags"]:
+            if not tag.get("implicit"):
+                tag["replaced_by"] = explain(tag["tag"])
         return data, self._inspect_lines(data)
 
     def _inspect_lines(self, data: dict[str, Any]) -> list[str]:
@@ -370,7 +374,8 @@ class Command(BaseCommand):
             lines.append(f"Tags ({len(data['tags'])}):")
             lines += [f"  {t['state']:<8} {_short(t['tag'], 60):<{width}}  stored {t['stored']}  "
                       f"current {t['current'] or '(none)'}"
-                      + ("  (the backend's own tag)" if t.get("implicit") else "")
+                      + ("  (the backend's own tag)" if t.get("implicit") else
+                         f"\n  {'':<8} replaced by {t['replaced_by']}")
                       for t in data["tags"]]
         else:
             lines.append("Tags:    none")
