@@ -4,17 +4,19 @@
 - ``relaycache.E002``: its ``BACKEND``, ``DEFAULT_TTL``, ``KEY_PREFIX`` or ``OPTIONS``
   cannot build a backend;
 - ``relaycache.E003``: ``DATABASE_NAMESPACES`` does not map str to str;
-- ``relaycache.E004``: a model with a caching manager is read through one database
-  alias and written through another, in different invalidation namespaces (its cached
-  reads would never be invalidated by its writes);
+- ``relaycache.E004``: a cached model (a caching manager, or ``MODELS``) is read
+  through one database alias and written through another, in different invalidation
+  namespaces (its cached reads would never be invalidated by its writes);
 - ``relaycache.W001``: a Redis backend does not answer ``PING``;
 - ``relaycache.W002``: ``DATABASE_NAMESPACES`` names an alias that is not in
   ``DATABASES``;
 - ``relaycache.W003`` (``--deploy``): the default backend is an ``InMemoryCache``,
   private to each process.
-- ``relaycache.W005``: a model with a caching manager is read through a replica alias
+- ``relaycache.W005``: a cached model is read through a replica alias
   (``DATABASE_NAMESPACES`` maps it to another alias), whose reads are never stored;
 - ``relaycache.E005``: ``RELAYCACHE["FEED"]`` is malformed;
+- ``relaycache.E006``: ``RELAYCACHE["MODELS"]`` names an app or model that is not
+  installed or gives an unknown option, or ``ENABLED`` is not a bool;
 - ``relaycache.W004``: a database ``FEED`` names has no change-feed worker
   (``relaycache listen``) recording progress, or its worker is behind by more than
   ``MAX_LAG`` seconds, or is not PostgreSQL. Read from the cache (one round trip), never
@@ -46,7 +48,7 @@ TAG = "relaycache"
 
 def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
                    ) -> list[checks.CheckMessage]:
-    """E001, E002, E003, W002: the ``RELAYCACHE`` setting, as the app reads it."""
+    """E001, E002, E003, E006, W002: the ``RELAYCACHE`` setting, as the app reads it."""
     from . import settings as relaycache_settings
 
     try:
@@ -62,6 +64,15 @@ def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
             str(exc), hint="BACKEND is 'memory', a redis:// URL, a dotted path or a backend "
                            "instance; OPTIONS are the backend's keyword arguments.",
             obj="RELAYCACHE", id="relaycache.E002"))
+    for check in (relaycache_settings.models_setting, relaycache_settings.enabled_setting):
+        try:
+            check(config)
+        except ImproperlyConfigured as exc:
+            messages.append(checks.Error(
+                str(exc), hint="MODELS maps 'app_label.Model', 'app_label' or '*' to options "
+                               "TTL, OPERATIONS (get, fetch, count, aggregate, exists) and "
+                               "SINGLEFLIGHT; see docs/configuration.md.",
+                obj="RELAYCACHE", id="relaycache.E006"))
     try:
         namespaces = relaycache_settings.database_namespaces(config)
     except ImproperlyConfigured as exc:
@@ -110,10 +121,14 @@ def _caches(manager: Manager[Any]) -> bool:
 
 
 def _caching_models() -> list[type[Model]]:
+    """Models whose reads may be cached: by a caching manager or by ``MODELS``."""
     from django.apps import apps
 
+    from .orm.automatic import cached_models
+
+    automatic = set(cached_models())
     return [model for model in apps.get_models()
-            if any(_caches(manager) for manager in model._meta.managers)]
+            if model in automatic or any(_caches(manager) for manager in model._meta.managers)]
 
 
 def check_routing(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any

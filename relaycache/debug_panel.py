@@ -1,5 +1,5 @@
-"""A django-debug-toolbar panel: this request's cached queries, hit or miss, and why a
-query was not cached.
+"""A django-debug-toolbar panel: this request's cached queries (rows, ``count()``,
+``aggregate()``), hit or miss, and why a query was not cached.
 
     DEBUG_TOOLBAR_PANELS = [..., "relaycache.debug_panel.RelayCachePanel"]
 
@@ -49,7 +49,10 @@ class RelayCachePanel(Panel):
         if threading.get_ident() != self._thread:
             return
         if event == "query":
-            self._events.append({"kind": "hit" if data["hit"] else "miss", "sql": data["sql"],
+            # count() and aggregate() are keyed by the queryset's SQL and name themselves.
+            operation = data.get("operation")
+            sql = f"{operation}() of {data['sql']}" if operation else data["sql"]
+            self._events.append({"kind": "hit" if data["hit"] else "miss", "sql": sql,
                                  "detail": ", ".join(data["tags"])})
         elif event == "uncacheable":
             self._events.append({"kind": "uncacheable", "sql": data["sql"],

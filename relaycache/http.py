@@ -1,8 +1,10 @@
 """Caching Django views: ``cached_view`` and the ``HttpResponse`` codec type.
 
-The app's ``ready()`` teaches the codec ``HttpResponse`` (status, reason, content,
-headers, charset; never cookies), so any ``@cache``-decorated function may return one,
-as the integration guide's ``cache_view`` helper does.
+The codec knows ``HttpResponse`` (status, reason, content, headers, charset; never
+cookies), so any ``@cache``-decorated function may return one, as the integration
+guide's ``cache_view`` helper does: the app's ``ready()`` registers it, and without
+the app in ``INSTALLED_APPS`` (the guide's settings) the codec does the first time it
+meets a response or reads one back.
 
 ``cached_view`` caches what is safe to share between visitors:
 
@@ -78,7 +80,8 @@ def _decode_response(data: list[Any]) -> HttpResponse:  # data read back from th
 
 
 def register_response_type() -> None:
-    """Teach the codec ``HttpResponse`` (the app's ``ready()`` calls it)."""
+    """Teach the codec ``HttpResponse``: called by the app's ``ready()``, or by the
+    codec itself on its first response (``_DEFERRED_TYPES`` in ``core/codec.py``)."""
     register_type(HttpResponse, RESPONSE_TYPE_NAME, _encode_response, _decode_response)
 
 
@@ -205,10 +208,10 @@ class _CachedView:
         if lookup is None:
             return self.view(request, *args, **kwargs)
         backend = lookup.backend
-        names = self.names(backend.get(lookup.index_key))
+        names = self.names(backend.get(lookup.index_key, tags=())[1])
         key = lookup.entry_key(names)
         if request.method == "HEAD":
-            cached = backend.get(key, tags=lookup.tags)
+            cached = backend.get(key, tags=lookup.tags)[1]
             return cached if isinstance(cached, HttpResponse) else self.view(
                 request, *args, **kwargs)
 
@@ -236,10 +239,10 @@ class _CachedView:
         if lookup is None:
             return await self.view(request, *args, **kwargs)
         backend = lookup.backend
-        names = self.names(await backend.aget(lookup.index_key))
+        names = self.names((await backend.aget(lookup.index_key, tags=()))[1])
         key = lookup.entry_key(names)
         if request.method == "HEAD":
-            cached = await backend.aget(key, tags=lookup.tags)
+            cached = (await backend.aget(key, tags=lookup.tags))[1]
             if isinstance(cached, HttpResponse):
                 return cached
             return await self.view(request, *args, **kwargs)

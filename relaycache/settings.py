@@ -7,6 +7,8 @@
         "OPTIONS": {"socket_timeout": 0.5},       # passed to the backend's constructor
         "DATABASE_NAMESPACES": {"replica": "default"},
         "FEED": {"DATABASES": ["default"], "MAX_LAG": 5.0},  # docs/feed.md
+        "MODELS": {"auth.User": {"TTL": 900}, "contenttypes": {}},  # cached automatically
+        "ENABLED": True,                          # False: no ORM read served or stored
     }
 
 Read when the app is ready and again whenever a test changes the setting.
@@ -15,7 +17,7 @@ Read when the app is ready and again whenever a test changes the setting.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
@@ -26,6 +28,9 @@ from .backends.redis import RedisCache
 from .core.defaults import set_default_backend
 from .core.keys import check_ttl
 
+if TYPE_CHECKING:
+    from .orm.automatic import ModelRule
+
 DEFAULTS: dict[str, Any] = {
     "BACKEND": "memory",
     "DEFAULT_TTL": 3600,
@@ -33,11 +38,26 @@ DEFAULTS: dict[str, Any] = {
     "OPTIONS": {},
     "DATABASE_NAMESPACES": {},
     "FEED": {},
+    "MODELS": {},
+    "ENABLED": True,
 }
 FEED_DEFAULTS: dict[str, Any] = {"DATABASES": [], "MAX_LAG": 5.0, "SLOT_PREFIX": "relaycache"}
 """The change feed (docs/feed.md): the aliases whose ``relaycache listen`` worker the
 system check expects, the lag (seconds) it tolerates, the start of slot names."""
 _URL_SCHEMES = ("redis://", "rediss://", "unix://")
+_DOTTED_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
+
+
+def _misspelt_url(spec: str) -> str | None:
+    """The URL ``spec`` meant when its ``://`` lost a character (``redis//host``,
+    ``redis:/host``); ``None`` otherwise. Without this, the import of a dotted path
+    reports ``No module named 'redis//127'``."""
+    for scheme in ("rediss", "redis", "unix"):
+        for typo in (scheme + "//", scheme + ":/"):
+            if spec.startswith(typo):
+                rest = spec[len(typo):].lstrip("/")
+                return f"{scheme}:///{rest}" if scheme == "unix" else f"{scheme}://{rest}"
+    return None
 
 
 def read_settings() -> dict[str, Any]:
@@ -83,6 +103,14 @@ def build_backend(config: dict[str, Any]) -> BaseCache:
         if "://" in spec:
             raise ImproperlyConfigured(
                 f"RELAYCACHE['BACKEND'] URL scheme must be one of {_URL_SCHEMES}: {spec!r}")
+        meant = _misspelt_url(spec)
+        if meant is not None:
+            raise ImproperlyConfigured(
+                f"RELAYCACHE['BACKEND'] {spec!r} is not a URL: did you mean {meant}?")
+        if not _DOTTED_PATH.fullmatch(spec):
+            raise ImproperlyConfigured(
+                f"RELAYCACHE['BACKEND'] {spec!r} is not a URL (redis://, rediss://, "
+                "unix://), 'memory' or a dotted path to a backend")
         target = import_string(spec)
     except (TypeError, ValueError) as exc:
         raise ImproperlyConfigured(f"RELAYCACHE: {exc}") from exc
@@ -133,16 +161,38 @@ def feed_settings(config: dict[str, Any]) -> dict[str, Any]:
     return {**merged, "DATABASES": list(databases)}
 
 
+def enabled_setting(config: dict[str, Any]) -> bool:
+    """``ENABLED``, checked: ``True`` or ``False``."""
+    enabled = config["ENABLED"]
+    if not isinstance(enabled, bool):
+        raise ImproperlyConfigured(f"RELAYCACHE['ENABLED'] must be True or False, got {enabled!r}")
+    return enabled
+
+
+def models_setting(config: dict[str, Any]) -> dict[str, ModelRule]:
+    """``MODELS``, checked against the installed apps (needs the app registry); raises
+    ``ImproperlyConfigured`` (reported by the system check ``relaycache.E006``)."""
+    from .orm.automatic import parse_models
+
+    return parse_models(config["MODELS"])
+
+
 def apply_settings() -> None:
-    """Configure the default backend and database namespaces from Django settings."""
-    from .orm import memo
+    """Configure the default backend, database namespaces, the models cached
+    automatically and the global switch from Django settings."""
+    from .orm import automatic, memo
     from .orm.invalidation import DATABASE_NAMESPACES
+    from .orm.options import set_enabled
 
     config = read_settings()
     namespaces = database_namespaces(config)
+    enabled = enabled_setting(config)
+    rules = models_setting(config)
     set_default_backend(build_backend(config))
     DATABASE_NAMESPACES.clear()
     DATABASE_NAMESPACES.update(namespaces)
+    set_enabled(enabled)
+    automatic.configure(rules)
     memo.forget()  # remembered reads carry the namespaces in their keys
 
 

@@ -7,9 +7,13 @@
   explicit ``backend=`` run their code every time); :func:`cache_disabled` is the same
   as a context manager;
 - ``relaycache_counter``: a :class:`CacheCounter` recording hits, misses,
-  invalidations and uncacheable queries, with ``assert_hits(n)`` and friends.
+  invalidations and uncacheable queries, with ``assert_hits(n)`` and friends;
+- ``relaycache_committed``: under pytest-django's ``django_db`` (each test in a
+  transaction rolled back after it), that transaction counts as committed for the
+  cache, so cached querysets hit in the test as they would in production.
 
-Needs neither Django settings nor pytest-django. Functions decorated with an explicit
+Needs neither Django settings nor pytest-django (but ``relaycache_committed``, which
+is about pytest-django's transactions). Functions decorated with an explicit
 ``backend=...`` keep that backend: swap it yourself (``override_settings`` for a
 ``settings.CACHE_BACKEND``) if a test needs it isolated.
 """
@@ -199,3 +203,55 @@ def relaycache_counter() -> Iterator[CacheCounter]:
     """Hits, misses, invalidations and uncacheable queries of every backend."""
     with CacheCounter() as counter:
         yield counter
+
+
+# -- relaycache_committed ------------------------------------------------------------
+
+_baseline_aliases = pytest.StashKey[list[str]]()
+
+
+@pytest.fixture
+def relaycache_committed(request: pytest.FixtureRequest, db: None) -> Iterator[None]:
+    """For this ``django_db`` test, its transaction counts as committed for the cache.
+
+    Without it, every table the test's transaction wrote (in fixtures too) bypasses
+    the cache until a COMMIT that never comes, and on SQLite nothing read in a
+    transaction is stored, so cached querysets never hit. With it, once every fixture
+    is set up and before the test body runs, what the fixtures wrote counts as
+    committed; each write made in the test body is invalidated when it runs, as in
+    autocommit; misses are stored. Writes inside an ``atomic`` block of the test body
+    bypass the cache until the test ends, as they would until that block's COMMIT.
+
+    Sound because a test's transaction is seen by its own connection only and is
+    rolled back: when this fixture is torn down, everything the transaction wrote is
+    invalidated again on the backends in use then (the rollback rewrites those rows)
+    and reads of those tables bypass the cache until the rollback, so nothing read
+    from the rolled-back data is served later. With ``django_db(transaction=True)``
+    every write commits already and this changes nothing.
+    """
+    yield
+    aliases = request.node.stash.get(_baseline_aliases, [])
+    if aliases:
+        from django.db import connections
+
+        from .orm.invalidation import end_baseline
+
+        for alias in aliases:
+            end_baseline(connections[alias])
+
+
+@pytest.hookimpl(hookwrapper=True)  # the old-style wrapper: any pytest this runs under
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Sets ``relaycache_committed``'s baseline once every fixture ran."""
+    if "relaycache_committed" in getattr(item, "fixturenames", ()):
+        from django.db import connections
+
+        from .orm.invalidation import set_baseline
+
+        aliases = []
+        for connection in connections.all(initialized_only=True):
+            if connection.in_atomic_block:
+                set_baseline(connection)
+                aliases.append(connection.alias)
+        item.stash[_baseline_aliases] = aliases
+    yield

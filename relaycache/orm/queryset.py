@@ -15,13 +15,22 @@ from django.db import NotSupportedError, connections, models
 from django.db.models import Count, Model, Prefetch, prefetch_related_objects
 from django.db.models.sql.constants import MULTI
 from django.db.models.sql.query import Query
+from django.db.transaction import TransactionManagementError
 
 from ..backends.base import BaseCache
+from ..core import events
 from ..core.keys import check_tags, check_ttl
 from . import memo
 from .compiler import CachingCompilerMixin
 from .invalidation import register_backend
-from .options import DISABLED, CacheOptions, active_options, computing
+from .options import (
+    DISABLED,
+    CacheOptions,
+    active_options,
+    caching_enabled,
+    computing,
+    explicit_options,
+)
 from .plan import Analysis, analyse, note_uncacheable, param_data, plan_for, plan_read
 from .tables import SELECT_FOR_UPDATE, Uncacheable
 
@@ -144,7 +153,10 @@ class CachedQuerySetMixin(_QuerySetBase):
             return self._with_cache_options(_DEFAULT_OPTIONS)
         check_ttl(ttl)
         if key is not None and (not isinstance(key, str) or not key or len(key) > 200):
-            raise ValueError(f"key must be a non-empty str of at most 200 characters: {key!r}")
+            given = (f"{len(key)} characters: {key!r:.60}" if isinstance(key, str)
+                     else type(key).__qualname__)
+            raise ValueError(f"key must be a non-empty str of at most 200 characters, "
+                             f"got {given}")
         if backend is not None:
             if not isinstance(backend, BaseCache):
                 raise TypeError(f"backend must be a relaycache backend, got {backend!r}")
@@ -158,15 +170,25 @@ class CachedQuerySetMixin(_QuerySetBase):
         ``Prefetch`` queryset under a cached one."""
         return self._with_cache_options(DISABLED)
 
+    def _follows_cached_parent(self) -> bool:
+        """Whether, as a ``Prefetch`` queryset under a cached one, it takes that one's
+        options (unless ``cached()``/``nocache()`` chose)."""
+        return True
+
     def _with_cache_options(self, options: CacheOptions) -> Self:
         clone = self._chain()
-        query = clone.query
+        clone._set_cache_options(options)
+        return clone
+
+    def _set_cache_options(self, options: CacheOptions) -> None:
+        """Mark this queryset's own query; only for a queryset no one else holds yet
+        (a clone, or one a manager just made)."""
+        query = self.query
         if options.enabled and not isinstance(query, CachedQueryMixin):
             query.__class__ = _cached_query_class(type(query))
         # Also on a plain Query (nocache() marks one without the mixin): an instance
         # attribute either way, which mypy only knows on CachedQueryMixin.
         vars(query)["relaycache_options"] = options
-        return clone
 
     @property
     def cache_options(self) -> CacheOptions | None:
@@ -177,6 +199,12 @@ class CachedQuerySetMixin(_QuerySetBase):
         """Whether and how iterating this queryset is cached, without running it."""
         options = self.cache_options
         if options is None:
+            marked: CacheOptions | None = getattr(self.query, "relaycache_options", None)
+            if marked is not None and marked.enabled and not caching_enabled():
+                return CacheInfo(cached=False, reason="RELAYCACHE['ENABLED'] is False")
+            if marked is not None and marked.automatic:
+                return CacheInfo(cached=False, reason="RELAYCACHE['MODELS'] does not cache "
+                                                      "iterating this model's querysets")
             return CacheInfo(cached=False, reason="not marked with .cached()")
         if self.query.select_for_update:
             # Not compiled: outside a transaction, compiling it raises.
@@ -186,6 +214,12 @@ class CachedQuerySetMixin(_QuerySetBase):
             sql, params = compiler.as_sql()
         except EmptyResultSet:
             return CacheInfo(cached=False, reason="matches nothing: no query runs")
+        except TransactionManagementError:
+            # Django's only use of it while compiling: a select_for_update() in a
+            # subquery, outside a transaction. Evaluating the queryset raises it too.
+            return CacheInfo(cached=False, reason=SELECT_FOR_UPDATE)
+        except NotSupportedError as exc:
+            return CacheInfo(cached=False, reason=f"the database cannot run it: {exc}")
         try:
             plan = plan_read(compiler.query, compiler.connection, sql, params,
                              [MULTI, compiler.col_count], options)
@@ -221,7 +255,7 @@ class CachedQuerySetMixin(_QuerySetBase):
         state = None if named_state is None else memo.fingerprint(
             self.query, "aggregate", self.db, kind, bool(options.tags), named_state)
         try:
-            analysis = memo.remembered(
+            analysis, sql = memo.remembered(
                 state, lambda: self._aggregate_analysis(kind, named, options))
             plan = plan_for(analysis, connections[self.db], options)
         except EmptyResultSet:
@@ -230,19 +264,28 @@ class CachedQuerySetMixin(_QuerySetBase):
             note_uncacheable(options, reason, "")
             return compute()
 
+        ran: list[bool] = []
+
         def run() -> T:
+            ran.append(True)
             token = computing.set(True)
             try:
                 return compute()
             finally:
                 computing.reset(token)
 
-        return options.cache.get_or_set(plan.key, run, ttl=options.ttl, tags=plan.tags,
-                                        singleflight=options.singleflight, store=plan.store,
-                                        strict=False)
+        result = options.cache.get_or_set(plan.key, run, ttl=options.ttl, tags=plan.tags,
+                                          singleflight=options.singleflight,
+                                          store=plan.store, strict=False)
+        if events.listeners:
+            # ``sql`` is what keys the entry (the queryset's), ``operation`` says what
+            # was computed from it, for the debug panel and the sample's request log.
+            events.emit("query", options.cache, sql=sql, key=plan.key, tags=plan.tags,
+                        hit=not ran, operation=kind)
+        return result
 
     def _aggregate_analysis(self, kind: str, named: dict[str, Any],
-                            options: CacheOptions) -> Analysis:
+                            options: CacheOptions) -> tuple[Analysis, str]:
         """Key an aggregation by SQL that determines it, compiled once.
 
         An aggregation of the query's own columns (``count()``, ``Sum("price")``) reads
@@ -252,7 +295,8 @@ class CachedQuerySetMixin(_QuerySetBase):
         Either way the key also holds what converts each aggregate's value
         (:func:`_result_type`): ``Sum("pages")`` and ``Sum("pages",
         output_field=FloatField())`` run the same SQL and return an int and a float.
-        Raises ``EmptyResultSet`` (nothing to run) or :class:`Uncacheable`.
+        Raises ``EmptyResultSet`` (nothing to run) or :class:`Uncacheable`. Returns the
+        analysis and the SQL it keys.
         """
         if self.query.select_for_update:
             # Django aggregates it without the lock; compiling it here would raise
@@ -260,29 +304,36 @@ class CachedQuerySetMixin(_QuerySetBase):
             raise Uncacheable(SELECT_FOR_UPDATE)
         compiler: SQLCompiler = self.query.chain().get_compiler(self.db)
         try:
-            sql, params = compiler.as_sql()
-            shape: list[object] = [kind, *_aggregates_sql(compiler, named)]
-        except (TypeError, ValueError) as exc:  # Django reports bad aggregates itself
-            raise Uncacheable(f"{kind}() of this query: {exc}") from None
-        except FieldError:  # the aggregates need joins: key by the annotated query
             try:
-                probe = self.annotate(**named)
-            except (NotSupportedError, FieldError, TypeError, ValueError):
-                raise Uncacheable(f"{kind}() of this query") from None
-            compiler = probe.query.get_compiler(self.db)
-            sql, params = compiler.as_sql()
-            annotations = compiler.query.annotations
-            shape = [kind, *([alias, *_result_type(annotations[alias])]
-                             for alias in sorted(named))]
-        return analyse(compiler.query, compiler.connection, sql, params, shape, options)
+                sql, params = compiler.as_sql()
+                shape: list[object] = [kind, *_aggregates_sql(compiler, named)]
+            except (TypeError, ValueError) as exc:  # Django reports bad aggregates itself
+                raise Uncacheable(f"{kind}() of this query: {exc}") from None
+            except FieldError:  # the aggregates need joins: key by the annotated query
+                try:
+                    probe = self.annotate(**named)
+                except (NotSupportedError, FieldError, TypeError, ValueError):
+                    raise Uncacheable(f"{kind}() of this query") from None
+                compiler = probe.query.get_compiler(self.db)
+                sql, params = compiler.as_sql()
+                annotations = compiler.query.annotations
+                shape = [kind, *([alias, *_result_type(annotations[alias])]
+                                 for alias in sorted(named))]
+        except TransactionManagementError:
+            # A select_for_update() in a subquery, outside a transaction: Django's own
+            # run of the aggregation raises it to the caller.
+            raise Uncacheable(SELECT_FOR_UPDATE) from None
+        return analyse(compiler.query, compiler.connection, sql, params, shape, options), sql
 
     def _prefetch_related_objects(self) -> None:
         # Django offers no public hook here. The related managers of models using
         # CachedManager read _prefetch_options, and user Prefetch querysets of such
         # models get the same options, so prefetches are cached like the main query.
         options = self.cache_options
-        if options is None:
-            # Private QuerySet API, not declared by django-stubs.
+        if options is None or options.automatic:
+            # Not cached, or cached by RELAYCACHE["MODELS"]: each related model's
+            # querysets follow that model's own setting. Private QuerySet API, not
+            # declared by django-stubs.
             super()._prefetch_related_objects()  # type: ignore[misc]
             return
         lookups = [_cached_prefetch(lookup, options) for lookup in self._prefetch_related_lookups]
@@ -330,8 +381,8 @@ def _cached_prefetch(lookup: str | Prefetch[Any, Any, Any], options: CacheOption
     if not isinstance(lookup, Prefetch):
         return lookup
     queryset = lookup.queryset
-    if (not isinstance(queryset, CachedQuerySetMixin)
-            or getattr(queryset.query, "relaycache_options", None) is not None):
+    if (not isinstance(queryset, CachedQuerySetMixin) or not queryset._follows_cached_parent()
+            or explicit_options(queryset.query) is not None):
         return lookup  # not ours, or cached()/nocache() chosen explicitly
     lookup = copy.copy(lookup)
     lookup.queryset = queryset._with_cache_options(options)
