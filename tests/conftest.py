@@ -7,9 +7,11 @@ into a failure, so CI cannot pass a real-service leg that quietly skipped.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import uuid
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -47,6 +49,19 @@ def _make_client(decode_responses: bool) -> redis.Redis:
     import fakeredis
 
     return fakeredis.FakeRedis(decode_responses=decode_responses)
+
+
+@contextlib.contextmanager
+def redis_cache_on_a_clean_db(decode_responses: bool) -> Iterator[RedisCache]:
+    """A RedisCache on the test server's database (or fakeredis), flushed before and
+    after."""
+    client = _make_client(decode_responses)
+    client.flushdb()
+    try:
+        yield _redis_cache(client)
+    finally:
+        client.flushdb()
+        client.close()
 
 
 def _redis_cache(client: redis.Redis, **options) -> RedisCache:
@@ -91,11 +106,8 @@ def backend(request):
     if request.param in IN_PROCESS_BACKENDS:
         yield IN_PROCESS_BACKENDS[request.param](default_ttl=60)
         return
-    client = _make_client(request.param == "redis-decoded")
-    client.flushdb()
-    yield _redis_cache(client)
-    client.flushdb()
-    client.close()
+    with redis_cache_on_a_clean_db(request.param == "redis-decoded") as backend:
+        yield backend
 
 
 @pytest.fixture

@@ -142,3 +142,61 @@ def wait_until(predicate: Callable[[], object], timeout: float, interval: float 
             return False
         time.sleep(interval)
     return True
+
+
+_SUBCLASS_CHECK = threading.local()
+_CONNECTION_DETAILS = {"host", "port", "db", "password", "username", "unix_socket_path"}
+
+
+def redirected_redis(kind: str, server: Any, redis_url: str | None) -> type:
+    """What ``redis.Redis`` (``kind="sync"``) or ``redis.asyncio.Redis`` (``"async"``)
+    is while documented examples run: where they connect (host, port, db, TLS...) is
+    replaced by the test server at ``redis_url`` or, without one, fakeredis ``server``.
+    """
+    from urllib.parse import urlsplit
+
+    import fakeredis
+    import redis
+    import redis.asyncio
+
+    real = {"sync": redis.Redis, "async": redis.asyncio.Redis}[kind]
+    base = real if redis_url else {"sync": fakeredis.FakeRedis,
+                                   "async": fakeredis.FakeAsyncRedis}[kind]
+    parts = urlsplit(redis_url) if redis_url else None
+
+    class Meta(type(base)):  # type: ignore[misc]
+        # Clients built otherwise (``Sentinel(...).master_for(...)``, a cache's clone of
+        # a given client's pool) are plain instances of the real class: isinstance
+        # checks against the patched name must still accept them.
+        def __instancecheck__(cls, obj: Any) -> bool:
+            return isinstance(obj, real)
+
+        def __subclasscheck__(cls, sub: type) -> bool:
+            # issubclass(x, redis.Redis) asks redis.Redis's subclasses in turn, this
+            # class included (it outlives its test until collected): answer that
+            # inner question plainly, or it recurses for ever (a RedisCluster client
+            # built after the docs tests did).
+            if getattr(_SUBCLASS_CHECK, "running", False):
+                return super().__subclasscheck__(sub)
+            _SUBCLASS_CHECK.running = True
+            try:
+                return issubclass(sub, real)
+            finally:
+                _SUBCLASS_CHECK.running = False
+
+    class RedirectedRedis(base, metaclass=Meta):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            if args or "connection_pool" not in kwargs:
+                for name in [*kwargs]:  # where to connect, and how: the test server's
+                    if name in _CONNECTION_DETAILS or name.startswith("ssl"):
+                        del kwargs[name]
+                args = ()
+                if parts is not None:
+                    kwargs.update(host=parts.hostname or "127.0.0.1", port=parts.port or 6379,
+                                  db=int(parts.path.lstrip("/") or 0),
+                                  password=parts.password)
+                else:
+                    kwargs["server"] = server
+            super().__init__(*args, **kwargs)
+
+    return RedirectedRedis

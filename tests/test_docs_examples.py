@@ -47,11 +47,9 @@ import importlib
 import inspect
 import os
 import re
-import threading
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -67,6 +65,7 @@ from relaycache.core import codec
 from relaycache.core.defaults import get_default_backend
 from relaycache.testing import CacheCounter, cache_disabled, use_backend
 from tests.ormapp import models as guide_models
+from tests.support import redirected_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -122,64 +121,13 @@ class Money:
     currency: str
 
 
-_REDIS = redis.Redis
-_SUBCLASS_CHECK = threading.local()
-_CONNECTION_DETAILS = {"host", "port", "db", "password", "username", "unix_socket_path"}
-
-
-def _redis_class(server: Any) -> type:
-    """What ``redis.Redis`` is while a block runs: the example's host, port and db are
-    replaced by fakeredis or the test server."""
-    import fakeredis
-
-    base = redis.Redis if REDIS_URL else fakeredis.FakeRedis
-    parts = urlsplit(REDIS_URL) if REDIS_URL else None
-
-    class Meta(type(base)):
-        # Clients the example builds otherwise (``Sentinel(...).master_for(...)``) are
-        # plain redis.Redis objects: isinstance checks against the patched name must
-        # still accept them.
-        def __instancecheck__(cls, obj: Any) -> bool:
-            return isinstance(obj, _REDIS)
-
-        def __subclasscheck__(cls, sub: type) -> bool:
-            # issubclass(x, redis.Redis) asks redis.Redis's subclasses in turn, this
-            # class included (it outlives its test until collected): answer that
-            # inner question plainly, or it recurses for ever (a RedisCluster client
-            # built after the docs tests did).
-            if getattr(_SUBCLASS_CHECK, "running", False):
-                return super().__subclasscheck__(sub)
-            _SUBCLASS_CHECK.running = True
-            try:
-                return issubclass(sub, _REDIS)
-            finally:
-                _SUBCLASS_CHECK.running = False
-
-    class DocsRedis(base, metaclass=Meta):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            if args or "connection_pool" not in kwargs:
-                for name in [*kwargs]:  # where to connect, and how: the test server's
-                    if name in _CONNECTION_DETAILS or name.startswith("ssl"):
-                        del kwargs[name]
-                args = ()
-                if parts is not None:
-                    kwargs.update(host=parts.hostname or "127.0.0.1", port=parts.port or 6379,
-                                  db=int(parts.path.lstrip("/") or 0),
-                                  password=parts.password)
-                else:
-                    kwargs["server"] = server
-            super().__init__(*args, **kwargs)
-
-    return DocsRedis
-
-
 @pytest.fixture
 def docs_context(settings):
     """The implied names, and everything to undo after a block."""
     import fakeredis
 
     server = fakeredis.FakeServer()
-    redis_class = _redis_class(server)
+    redis_class = redirected_redis("sync", server, REDIS_URL)
     prefix = f"docs{uuid.uuid4().hex[:8]}:"
     client = redis_class(decode_responses=True)  # an instance of the patched class too
     backend = RedisCache(client, default_ttl=60, value_prefix=prefix,

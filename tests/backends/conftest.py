@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from relaycache import AioredisCache
-from tests.conftest import REDIS_URL, _make_client, _redis_cache
+from tests.conftest import REDIS_URL, _make_client, redis_cache_on_a_clean_db
 from tests.support import IN_PROCESS_BACKENDS
 
 
@@ -53,8 +53,5 @@ def backend(request):
         admin.flushdb()
         admin.close()
         return
-    client = _make_client(request.param == "redis-decoded")
-    client.flushdb()
-    yield _redis_cache(client)
-    client.flushdb()
-    client.close()
+    with redis_cache_on_a_clean_db(request.param == "redis-decoded") as backend:
+        yield backend

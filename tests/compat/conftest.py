@@ -10,47 +10,15 @@ test server, whose database is flushed before and after.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import redis
 import redis.asyncio
 
 from tests.conftest import REDIS_URL
+from tests.support import redirected_redis
 
-_WHERE = {"host", "port", "db", "password", "username", "unix_socket_path"}
-_REAL = {"sync": redis.Redis, "async": redis.asyncio.Redis}
-
-
-def _patched(kind: str, server: Any) -> type:
-    import fakeredis
-
-    real = _REAL[kind]
-    base = real if REDIS_URL else {"sync": fakeredis.FakeRedis,
-                                   "async": fakeredis.FakeAsyncRedis}[kind]
-    parts = urlsplit(REDIS_URL) if REDIS_URL else None
-
-    class Meta(type(base)):
-        # A client the cache derives (a clone of the given one's pool) is an instance
-        # of the real class: isinstance() against the patched name must accept it.
-        def __instancecheck__(cls, obj: Any) -> bool:
-            return isinstance(obj, real)
-
-    class SeedRedis(base, metaclass=Meta):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            if args or "connection_pool" not in kwargs:
-                args = ()
-                for name in _WHERE & kwargs.keys():
-                    del kwargs[name]
-                if parts is not None:
-                    kwargs.update(host=parts.hostname or "127.0.0.1", port=parts.port or 6379,
-                                  db=int(parts.path.lstrip("/") or 0))
-                else:
-                    kwargs["server"] = server
-            super().__init__(*args, **kwargs)
-
-    return SeedRedis
-
+_REAL = {"sync": redis.Redis, "async": redis.asyncio.Redis}  # before any patch
 
 @pytest.fixture
 def seed_redis(monkeypatch):
@@ -59,8 +27,8 @@ def seed_redis(monkeypatch):
     import fakeredis
 
     server = None if REDIS_URL else fakeredis.FakeServer()
-    monkeypatch.setattr(redis, "Redis", _patched("sync", server))
-    monkeypatch.setattr(redis.asyncio, "Redis", _patched("async", server))
+    monkeypatch.setattr(redis, "Redis", redirected_redis("sync", server, REDIS_URL))
+    monkeypatch.setattr(redis.asyncio, "Redis", redirected_redis("async", server, REDIS_URL))
     admin = redis.Redis()
     admin.flushdb()
     yield admin

@@ -238,12 +238,15 @@ def test_edit_round_trip_in_chromium(sample_server, browser):
     """Open a book from its genre page, edit it in the form, save: the page it lands
     on misses and shows the new title, a reload hits, and the genre page (the link on
     the book page leads to the page and row of the book) shows the edit too."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     base_url, db_path = sample_server
-    wait = WebDriverWait(browser, 20)
+    # While a form's POST navigates, Chromium may answer a lookup with "node does not
+    # belong to the document": look again until the new page is there.
+    wait = WebDriverWait(browser, 20, ignored_exceptions=(WebDriverException,))
     with sqlite3.connect(db_path) as db:
         (slug,) = db.execute(
             "SELECT g.slug FROM books_genre g JOIN books_bookgenre bg ON bg.genre_id = g.id "
