@@ -334,6 +334,14 @@ class AutomaticManagerMixin(_ManagerBase):
     def __hash__(self) -> int:
         return id(self)
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # Made at run time under the original's name, which pickle would resolve to
+        # the original: pickle it as made from the original, like the queryset. (A
+        # class made from this one, such as a related manager, reduces as usual.)
+        if type(self) is not _manager_classes.get(self.relaycache_original):
+            return super().__reduce_ex__(protocol)
+        return _unpickle_manager, (self.relaycache_original,), self.__dict__
+
 
 _queryset_classes: dict[type, type[AutomaticQuerySetMixin]] = {}
 _manager_classes: dict[type, type[AutomaticManagerMixin]] = {}
@@ -345,8 +353,9 @@ def automatic_queryset_class(base: type[models.QuerySet[Any, Any]]
     if cls is None:
         cls = _queryset_classes[base] = cast(
             "type[AutomaticQuerySetMixin]",
-            type(f"Automatic{base.__name__}", (AutomaticQuerySetMixin, base),
-                 {"relaycache_base": base, "__module__": __name__}))
+            type(base.__name__, (AutomaticQuerySetMixin, base),
+                 {"relaycache_base": base, "__module__": __name__,
+                  "__qualname__": base.__qualname__}))
     return cls
 
 
@@ -365,4 +374,9 @@ def automatic_manager_class(base: type[models.Manager[Any]]) -> type[AutomaticMa
 
 def _unpickle_queryset(base: type[models.QuerySet[Any, Any]]) -> AutomaticQuerySetMixin:
     cls = automatic_queryset_class(base)
+    return cls.__new__(cls)
+
+
+def _unpickle_manager(base: type[models.Manager[Any]]) -> AutomaticManagerMixin:
+    cls = automatic_manager_class(base)
     return cls.__new__(cls)
