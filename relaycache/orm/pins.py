@@ -50,6 +50,7 @@ class TableShape:
     columns: frozenset[str]
     generated: frozenset[str]
     primary_key: str | None = None
+    managed: bool = False
 
 
 _shapes: dict[str, TableShape] | None = None
@@ -79,10 +80,13 @@ def shapes() -> dict[str, TableShape]:
         columns: dict[str, set[str]] = {}
         generated: dict[str, set[str]] = {}
         primary: dict[str, str] = {}
+        managed: set[str] = set()
         for model in apps.get_models(include_auto_created=True):
             if model._meta.proxy:
                 continue
             table = table_name(model._meta.db_table)
+            if model._meta.managed:
+                managed.add(table)
             table_keys = keys.setdefault(table, {})
             for field in model._meta.local_concrete_fields:
                 column = str(field.column).lower()
@@ -103,6 +107,7 @@ def shapes() -> dict[str, TableShape]:
             columns=frozenset(columns.get(table, ())),
             generated=frozenset(generated.get(table, ())),
             primary_key=primary.get(table),
+            managed=table in managed,
         ) for table in keys}
     return _shapes
 
@@ -286,11 +291,15 @@ def unstated_keys(write: RowWrite) -> list[str]:
     """The key columns of an UPDATE or DELETE whose values in the rows it touches its
     statement does not say, and that a ``RETURNING`` clause would tell exactly: for an
     UPDATE, only those it does not assign (their new value is the old one). Empty when
-    the statement is not of the plain shape a ``RETURNING`` clause can be added to."""
+    the statement is not of the plain shape a ``RETURNING`` clause can be added to, or
+    does not name its rows by primary key (it could return any number of them)."""
     shape = shapes().get(write.table)
-    if shape is None or write.kind == "insert" or write.returning or not write.plain_where:
-        return []
+    if (shape is None or not shape.managed or write.kind == "insert" or write.returning
+            or not write.plain_where):
+        return []  # (an unmanaged model may be a view, whose rules may refuse RETURNING)
     stated = {c for c, _ in write.where} | {c for c, _ in write.assigned}
+    if shape.primary_key not in {c for c, _ in write.where}:
+        return []  # its rows are not named: returning them could be returning millions
     return [c for c in sorted(shape.keys) if c not in stated]
 
 

@@ -127,3 +127,17 @@ def test_identifiers_exclude_string_literals():
 def test_a_row_count_is_not_trusted_before_returned_rows_are_fetched():
     assert tags(f'DELETE FROM "{BOOK}" WHERE "{BOOK}"."id" = %s RETURNING "{BOOK}"."id"', (5,),
                 rowcount=0) != []
+
+
+def test_returning_is_asked_of_rows_named_by_primary_key_in_managed_tables():
+    """Only a statement naming its rows by primary key returns them (others could
+    return millions), and only on a managed model's table (an unmanaged one may be a
+    view whose rules refuse RETURNING)."""
+    from tests.orm.test_indirect_writes import BookListing
+
+    delete = f'DELETE FROM "{BOOK}" WHERE "{BOOK}"."id" IN (%s)'
+    assert pins.unstated_keys(row_write(delete)) == ["main_publisher_id"]
+    by_title = f'DELETE FROM "{BOOK}" WHERE "{BOOK}"."title" = %s'
+    assert pins.unstated_keys(row_write(by_title)) == []
+    assert pins.shapes()[BookListing._meta.db_table].managed is False
+    assert pins.shapes()[BOOK].managed is True
