@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from tests.orm.stale_worker import database_settings
+from tests.orm.stale_worker import CheckResult, MoveWriter, Writer, database_settings
 
 DATABASE_URL = os.environ.get("RELAYCACHE_TEST_DATABASE_URL", "")
 REDIS_URL = os.environ.get("RELAYCACHE_TEST_REDIS_URL", "")
@@ -36,3 +36,14 @@ workers in other processes only see committed rows."""
 def worker_databases() -> dict[str, Any]:
     """``DATABASES`` for a worker process: the test database this process uses."""
     return {"default": database_settings(connection.settings_dict)}
+
+
+def assert_fresh_run(result: CheckResult) -> None:
+    """A check of both workloads ran every kind of write, made many reads, and none of
+    them returned a row older than a write that had returned before it started."""
+    assert result.errors == 0, f"Redis errors in the workers: {result.line()}"
+    assert result.stale == 0, (
+        f"{result.stale} of {result.reads} reads returned a row older than a write that "
+        f"had returned before the read started ({result.line()}):\n{result.details()}")
+    assert result.reads > 1000, result.line()
+    assert set(result.ops) == {*Writer.OPERATIONS, *MoveWriter.OPERATIONS}, result.ops
