@@ -58,6 +58,7 @@ class Library:
         self.client = client  # raw client on the bench database (bytes replies)
         self.prefix = settings.PREFIXES.get(self.name, "")
         self.details = self.book_details()
+        self.details_nosf = self.book_details_nosf()
 
     # querysets as this library's users write them
     def qs(self, model: type[models.Model]) -> models.QuerySet:
@@ -75,6 +76,11 @@ class Library:
     def book_details(self) -> Callable[[int], Any]:
         """The decorator path: ``BookService.get_book_details`` as this library caches it."""
         return BookService.get_book_details.func
+
+    def book_details_nosf(self) -> Callable[[int], Any]:
+        """The same function cached without distributed singleflight (libraries that
+        have the option; the others cache it as in :meth:`book_details`)."""
+        return self.details
 
     # writes and invalidation
     def update_one(self, model: type[models.Model], pk: int, **values: Any) -> None:
@@ -113,7 +119,15 @@ class RelayCacheLib(Library):
         return model.objects.cached(singleflight=True)
 
     def book_details(self):
-        return BookService.get_book_details
+        return BookService.get_book_details  # distributed_singleflight=True
+
+    def book_details_nosf(self):
+        from relaycache import cache
+
+        return cache(ttl=3600, backend=settings.CACHE_BACKEND,
+                     tags=lambda book_id: [f"book:{book_id}", "books"],
+                     key=lambda book_id: f"details-nosf:{book_id}",
+                     )(BookService.get_book_details.func)
 
     def reset(self):
         # Entries and tag stamps go; the backend's other meta keys stay. It records the
@@ -136,6 +150,48 @@ class RelayCacheLib(Library):
         from relaycache.orm.invalidation import invalidate_tables
 
         invalidate_tables([TABLES[Book]])
+
+
+class RelayCacheNearLib(RelayCacheLib):
+    """RelayCache with ``near_cache=True`` (benchmarks/settings.py)."""
+
+    name = "relaycache_near"
+
+
+class RelayCache01Lib(Library):
+    """relaycache 0.1.1 (``custom_cache``), the library this project grew from: only its
+    ``@cache`` decorator, on its ``RedisCache``, around the same function. It knows
+    nothing of the ORM (no invalidation on writes): a floor for the decorator query."""
+
+    name = "relaycache01"
+    caches = True
+
+    def _decorate(self, singleflight: bool) -> Callable[[int], Any]:
+        import custom_cache
+
+        backend = getattr(self, "_rc01_backend", None)
+        if backend is None:
+            backend = self._rc01_backend = custom_cache.RedisCache(
+                redis.Redis.from_url(settings.REDIS_URL), default_ttl=settings.CACHE_TTL,
+                value_prefix=self.prefix, meta_prefix=self.prefix + "meta")
+        builder = custom_cache.KeyBuilder(prefix=self.prefix.rstrip(":"))
+        return custom_cache.cache(
+            ttl=3600, backend=backend, key_builder=builder,
+            namespace="sf" if singleflight else "nosf",
+            tags=lambda book_id: [f"book:{book_id}", "books"],
+            distributed_singleflight=singleflight)(BookService.get_book_details.func)
+
+    def book_details(self):
+        return self._decorate(True)
+
+    def book_details_nosf(self):
+        return self._decorate(False)
+
+    def invalidate_tables(self, models_, book_id):
+        import custom_cache
+
+        if book_id is not None:
+            custom_cache.invalidate(tags=[f"book:{book_id}"], backend=self._rc01_backend)
 
 
 class CacheopsLib(Library):
@@ -208,8 +264,17 @@ class FloorLib(Library):
     name = "floor"
 
 
+class DictFloorLib(Library):
+    """The fastest an in-process cache that hands out values of their own can be: the
+    floor's orjson payload looked up in a dict (no round trip), then decoded and
+    rebuilt the same way."""
+
+    name = "dict"
+
+
 LIBRARY_CLASSES = {cls.name: cls for cls in
-                   (RelayCacheLib, CacheopsLib, CachalotLib, Library, FloorLib)}
+                   (RelayCacheLib, RelayCacheNearLib, RelayCache01Lib, CacheopsLib,
+                    CachalotLib, Library, FloorLib, DictFloorLib)}
 
 
 # -- workload 1 queries -----------------------------------------------------------------
@@ -254,6 +319,10 @@ def _decorator(lib: Library, p: dict[str, Any]) -> Any:
     return lib.details(p["book_id"])
 
 
+def _decorator_nosf(lib: Library, p: dict[str, Any]) -> Any:
+    return lib.details_nosf(p["book_id"])
+
+
 QUERIES = {q.name: q for q in [
     Query("top", "get_books_top query (join + order_by + values)",
           [Book, BookGenre, Genre, BookPublisher], _top, "values"),
@@ -264,6 +333,8 @@ QUERIES = {q.name: q for q in [
     Query("count", "count()", [Book], _count, "count"),
     Query("decorator", "decorator path: BookService.get_book_details",
           [Book, BookGenre, Genre, BookPublisher, Publisher], _decorator, "json"),
+    Query("decorator_nosf", "the same decorator without distributed singleflight",
+          [Book, BookGenre, Genre, BookPublisher, Publisher], _decorator_nosf, "json"),
 ]}
 
 
@@ -292,12 +363,25 @@ def _build(model: type[models.Model], row: list[Any], dates: list[int],
     return model.from_db("default", attnames, row)
 
 
+class _DictStore:
+    """The dict floor's store: ``get``/``set`` of bytes in a dict of this process."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+        self.get = self.data.__getitem__
+
+    def set(self, key: str, value: bytes) -> None:
+        self.data[key] = value
+
+
 class Floor:
     """Stores each query's plain-Django result as rows under one key; ``read()`` is one
-    GET, ``orjson.loads`` and the objects rebuilt."""
+    GET, ``orjson.loads`` and the objects rebuilt. With ``in_process``, the same bytes
+    live in a dict of the process instead of Redis (the dict floor): a lookup, then the
+    same decoding, as a near cache that hands out values of their own must do."""
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
-        self.client = client
+    def __init__(self, client: redis.Redis, prefix: str, in_process: bool = False) -> None:
+        self.client: Any = _DictStore() if in_process else client
         self.prefix = prefix
         self.readers: dict[str, Callable[[], Any]] = {}
         self.attnames = {m: [f.attname for f in m._meta.concrete_fields]

@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--library", choices=ALL_LIBS, default="relaycache")
     parser.add_argument("--query", choices=[*QUERY_NAMES, "invalidate"], default="get")
+    parser.add_argument("--miss", action="store_true",
+                        help="profile misses: invalidate the query's tables before each call")
     parser.add_argument("--n", type=int, default=3000)
     parser.add_argument("--books", type=int, default=20_000)
     parser.add_argument("--entries", type=int, nargs="*", default=[])
@@ -58,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
                 if entries is not None:
                     worker.call("reset", 120)
                     worker.call("fill_copies", 600, count=entries)
-                res = worker.call("profile", 600, query=args.query, n=args.n, top=args.top)
+                res = worker.call("profile", 600, query=args.query, n=args.n, top=args.top,
+                                  miss=args.miss)
                 t = res["timing"]
-                print(f"== {args.library} {args.query}"
+                print(f"== {args.library} {args.query}{' miss' if args.miss else ''}"
                       + (f" with {entries:,} entries" if entries is not None else "")
                       + f": median {t['median_ns'] / 1e3:.1f} us, p90 {t['p90_ns'] / 1e3:.1f} us"
                       f" over {t['n']} calls; {res['keys']:,} keys in the Redis database")

@@ -1,4 +1,5 @@
-"""RelayCache versus django-cacheops, django-cachalot, plain Django and a raw-Redis floor.
+"""RelayCache versus django-cacheops, django-cachalot, plain Django and floors (raw Redis,
+an in-process dict, relaycache 0.1's decorator).
 
     .venv/bin/python -m benchmarks.run            # full run: writes benchmarks/RESULTS.md
     .venv/bin/python -m benchmarks.run --smoke    # tiny, < 60 s, writes to a temp dir
@@ -37,10 +38,61 @@ import redis
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = ROOT / "benchmarks"
-ALL_LIBS = ["relaycache", "cacheops", "cachalot", "plain", "floor"]
-CACHING = ["relaycache", "cacheops", "cachalot"]
+ALL_LIBS = ["relaycache", "relaycache_near", "cacheops", "cachalot", "plain", "floor",
+            "dict", "relaycache01"]
+CACHING = ["relaycache", "cacheops", "cachalot"]  # workloads 3 and 7
+FLOORS = ["floor", "dict", "relaycache01"]  # workload 1 only
 WORKLOADS = ["hits", "misses", "invalidation", "mixed", "stampede", "stale", "memory"]
-QUERY_NAMES = ["top", "list20", "get", "select_related", "count", "decorator"]
+QUERY_NAMES = ["top", "list20", "get", "select_related", "count", "decorator",
+               "decorator_nosf"]
+MISS_QUERIES = QUERY_NAMES[:6]
+DECORATOR_QUERIES = ("decorator", "decorator_nosf")
+# who runs decorator_nosf (the decorator without distributed singleflight); plain too,
+# as the reference its results must equal
+NOSF_LIBS = ("relaycache", "relaycache_near", "relaycache01", "plain")
+PAGE_CPU_LIBS = ("relaycache", "relaycache_near", "plain")
+RC01 = "relaycache==0.1.1"  # relaycache 0.1 on PyPI (import name custom_cache)
+
+
+def hit_libs(libs: list[str], query: str) -> list[str]:
+    """The libraries that run ``query`` in workload 1."""
+    if query == "decorator_nosf":
+        return [lib for lib in libs if lib in NOSF_LIBS]
+    if query not in DECORATOR_QUERIES:
+        return [lib for lib in libs if lib != "relaycache01"]
+    return libs
+
+
+def rc01_dir(log: Any) -> Path | None:
+    """relaycache 0.1.1's wheel, downloaded once (``pip download --no-deps``, never
+    installed: it is a distribution named relaycache too) and unpacked into a cache
+    directory under the temp dir; None when it cannot be had."""
+    import zipfile
+
+    cache = Path(tempfile.gettempdir()) / "relaycache-bench-cache" / "relaycache-0.1.1"
+    site = cache / "site"
+    if (site / "custom_cache" / "__init__.py").exists():
+        return site
+    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "download", RC01, "--no-deps",
+                        "--only-binary=:all:", "--timeout", "10", "--retries", "1",
+                        "--disable-pip-version-check", "-q", "-d", str(cache)],
+                       check=True, capture_output=True, timeout=60)
+        wheel = next(cache.glob("relaycache-0.1.1-*.whl"))
+        tmp = cache / "site.tmp"
+        with zipfile.ZipFile(wheel) as z:
+            z.extractall(tmp)
+        tmp.rename(site)
+    except (OSError, subprocess.SubprocessError, StopIteration, zipfile.BadZipFile) as exc:
+        detail = str(exc)
+        if isinstance(exc, subprocess.CalledProcessError):
+            lines = (exc.stderr or b"").decode(errors="replace").strip().splitlines()
+            detail = f"pip download exited {exc.returncode}" + (f": {lines[-1]}" if lines
+                                                                 else "")
+        log(f"relaycache 0.1.1 unavailable ({type(exc).__name__}: {detail[:200]})")
+        return None
+    return site
 
 
 @dataclass
@@ -55,6 +107,9 @@ class Config:
     miss_rounds: int = 3
     miss_n: int = 40
     miss_budget_s: float = 0.5
+    page_cpu_rounds: int = 5
+    page_cpu_budget_s: float = 1.0
+    page_cpu_books: int = 50
     inval_sizes: list[int] = field(default_factory=lambda: [1_000, 10_000, 100_000, 1_000_000])
     inval_api_limit: int = 10_000  # sizes up to this: every entry made through the API
     inval_api_seed: int = 1_000  # larger sizes: this many through the API, the rest copied
@@ -82,7 +137,8 @@ class Config:
 
 SMOKE = Config(
     books=300, genres=10, publishers=20, rounds=1, hit_n=40, hit_budget_s=0.05, hit_warmup=3,
-    miss_rounds=1, miss_n=5, miss_budget_s=0.05, inval_sizes=[100, 1_000],
+    miss_rounds=1, miss_n=5, miss_budget_s=0.05, page_cpu_rounds=1, page_cpu_budget_s=0.05,
+    page_cpu_books=5, inval_sizes=[100, 1_000],
     inval_api_limit=200, inval_api_seed=100, inval_repeats=3, refill_budget=20_000, pool=2,
     mixed_rounds=1, mixed_seconds=0.5, mixed_warmup=0.2, mixed_prefill=100, stampede_procs=2,
     stampede_threads=4, stampede_rounds=1, stampede_hold_s=0.3, stale_seconds=1.0, stale_rows=4,
@@ -191,6 +247,12 @@ class Bench:
         self.started = time.monotonic()
 
     def _available(self, lib: str) -> bool:
+        if lib == "relaycache01":
+            site = rc01_dir(lambda m: self.results["notes"].append(m + ": not benchmarked"))
+            if site is None:
+                return False
+            self.env["BENCH_RC01_DIR"] = str(site)
+            return True
         module = {"cacheops": "cacheops", "cachalot": "cachalot"}.get(lib)
         if module and util.find_spec(module) is None:
             self.results["notes"].append(
@@ -221,6 +283,11 @@ class Bench:
     @property
     def caching(self) -> list[str]:
         return [lib for lib in CACHING if lib in self.libs]
+
+    @property
+    def served(self) -> list[str]:
+        """The libraries that serve reads and writes (not the floors)."""
+        return [lib for lib in self.libs if lib not in FLOORS]
 
     def rotated(self, libs: list[str], r: int) -> list[str]:
         r %= len(libs)
@@ -302,7 +369,8 @@ class Bench:
         for name in ("relaycache", "Django", "django-cacheops", "django-cachalot", "redis",
                      "hiredis", "psycopg", "orjson", "matplotlib"):
             try:
-                packages[name] = metadata.version(name)
+                packages[name] = metadata.version(
+                    "django-relaycache" if name == "relaycache" else name)
             except metadata.PackageNotFoundError:
                 packages[name] = "not installed"
         return {
@@ -317,20 +385,25 @@ class Bench:
 
     def hits(self) -> None:
         cfg = self.cfg
-        out: dict[str, dict[str, Any]] = {q: {lib: {"rounds": []} for lib in self.libs}
+        out: dict[str, dict[str, Any]] = {q: {lib: {"rounds": []}
+                                              for lib in hit_libs(self.libs, q)}
                                           for q in QUERY_NAMES}
         for r in range(cfg.rounds):
             for q in QUERY_NAMES:
-                for lib in self.rotated(self.libs, r):
+                for lib in self.rotated(hit_libs(self.libs, q), r):
                     res = self.main[lib].call("hit", 120, query=q, n=cfg.hit_n,
                                               budget_s=cfg.hit_budget_s,
                                               warmup=cfg.hit_warmup)
                     out[q][lib]["rounds"].append(res)
             self.log(f"workload 1 (hits): round {r + 1}/{cfg.rounds} done")
         for q in QUERY_NAMES:
-            for lib in self.libs:
+            for lib in hit_libs(self.libs, q):
                 rounds = out[q][lib]["rounds"]
                 entry = out[q][lib]
+                calls = sum(x["n"] for x in rounds)
+                entry["cpu_ns"] = sum(x["cpu_ns"] for x in rounds) / calls
+                pg = [x["pg_cpu_ns"] for x in rounds]
+                entry["pg_cpu_ns"] = None if None in pg else sum(pg) / calls
                 entry["median_ns"] = statistics.median(x["median_ns"] for x in rounds)
                 entry["min_round_ns"] = min(x["median_ns"] for x in rounds)
                 entry["max_round_ns"] = max(x["median_ns"] for x in rounds)
@@ -340,25 +413,56 @@ class Bench:
                 entry["backend"] = rounds[-1]["backend"]
                 entry["rounds"] = [x["median_ns"] for x in rounds]
         self.results["hits"] = out
+        self.page_cpu()
+
+    def page_cpu(self) -> None:
+        """CPU per fully cached book page (workload 4's three page queries, all hits),
+        worker and PostgreSQL backend, interleaved rounds."""
+        cfg = self.cfg
+        libs = [lib for lib in PAGE_CPU_LIBS if lib in self.libs]
+        ids = [row[0] for row in self.admin_sql(
+            f"SELECT id FROM books_book ORDER BY id LIMIT {int(cfg.page_cpu_books)}",
+            dbname=self.db_name)]
+        raw: dict[str, list[Any]] = {lib: [] for lib in libs}
+        for r in range(cfg.page_cpu_rounds):
+            for lib in self.rotated(libs, r):
+                raw[lib].append(self.main[lib].call("page_cpu", 120, books=ids,
+                                                    budget_s=cfg.page_cpu_budget_s))
+        out = {}
+        for lib, rounds in raw.items():
+            pages = sum(x["pages"] for x in rounds)
+            pg = [x["pg_cpu_ns"] for x in rounds]
+            out[lib] = {"pages": pages,
+                        "wall_ns": sum(x["wall_ns"] for x in rounds) / pages,
+                        "cpu_ns": sum(x["cpu_ns"] for x in rounds) / pages,
+                        "pg_cpu_ns": None if None in pg else sum(pg) / pages,
+                        "db_selects": sum(x["db_selects"] for x in rounds),
+                        "rounds": [x["cpu_ns"] / x["pages"] for x in rounds]}
+        self.results["page_cpu"] = out
+        self.log("CPU per cached book page done")
 
     # -- workload 2 -----------------------------------------------------------------
 
     def misses(self) -> None:
         cfg = self.cfg
-        libs = [lib for lib in self.libs if lib != "floor"]
+        libs = self.served
         out: dict[str, dict[str, Any]] = {q: {lib: {"rounds": []} for lib in libs}
-                                          for q in QUERY_NAMES}
+                                          for q in MISS_QUERIES}
         for r in range(cfg.miss_rounds):
-            for q in QUERY_NAMES:
+            for q in MISS_QUERIES:
                 for lib in self.rotated(libs, r):
                     out[q][lib]["rounds"].append(self.main[lib].call(
                         "miss", 120, query=q, n=cfg.miss_n, budget_s=cfg.miss_budget_s))
             self.log(f"workload 2 (misses): round {r + 1}/{cfg.miss_rounds} done")
-        for q in QUERY_NAMES:
+        for q in MISS_QUERIES:
             for lib in libs:
                 rounds = out[q][lib]["rounds"]
+                calls = sum(x["n"] for x in rounds)
+                pg = [x["pg_cpu_ns"] for x in rounds]
                 out[q][lib] = {
                     "median_ns": statistics.median(x["median_ns"] for x in rounds),
+                    "cpu_ns": sum(x["cpu_ns"] for x in rounds) / calls,
+                    "pg_cpu_ns": None if None in pg else sum(pg) / calls,
                     "samples": sum(x["n"] for x in rounds),
                     "db_selects_per_call": statistics.mean(x["db_selects_per_call"]
                                                            for x in rounds)}
@@ -395,7 +499,7 @@ class Bench:
     # -- pools ------------------------------------------------------------------------
 
     def start_pools(self) -> None:
-        libs = [lib for lib in self.libs if lib != "floor"]
+        libs = self.served
         extra = [(lib, i) for lib in libs for i in range(1, self.cfg.pool)]
         started = start(extra, self.env, self.log_dir, 180)
         self.all_procs.extend(started)
@@ -430,7 +534,7 @@ class Bench:
 
     def mixed(self) -> None:
         cfg = self.cfg
-        libs = [lib for lib in self.libs if lib != "floor"]
+        libs = self.served
         raw: dict[str, dict[str, list[Any]]] = {str(w): {lib: [] for lib in libs}
                                                for w in cfg.write_ratios}
         n = 0
@@ -465,7 +569,7 @@ class Bench:
 
     def stampede(self) -> None:
         cfg = self.cfg
-        libs = [lib for lib in self.libs if lib != "floor"]
+        libs = self.served
         out: dict[str, list[Any]] = {lib: [] for lib in libs}
         for r in range(cfg.stampede_rounds):
             for lib in self.rotated(libs, r):
@@ -507,7 +611,7 @@ class Bench:
 
     def stale(self) -> None:
         cfg = self.cfg
-        libs = [lib for lib in self.libs if lib != "floor"]
+        libs = self.served
         out = {}
         for i, lib in enumerate(self.rotated(libs, 1)):
             rows = self.main["plain"].call("make_stale_rows", 60, count=cfg.stale_rows)
@@ -573,8 +677,8 @@ class Bench:
 
     def main_prefix(self, lib: str) -> str:
         """The library's key prefix, as benchmarks/settings.py sets it."""
-        return self.prefix + {"relaycache": "rc:", "cacheops": "co:", "cachalot": "ca",
-                              "floor": "fl:"}[lib]
+        return self.prefix + {"relaycache": "rc:", "relaycache_near": "rn:",
+                              "cacheops": "co:", "cachalot": "ca", "floor": "fl:"}[lib]
 
 
 @contextlib.contextmanager

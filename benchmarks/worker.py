@@ -34,6 +34,7 @@ import redis
 from benchmarks.keyspace import prefix_usage
 
 perf_ns = time.perf_counter_ns
+cpu_ns = time.process_time_ns  # CPU of the whole worker process (all its threads)
 
 
 # -- SQL statement counter ---------------------------------------------------------------
@@ -144,7 +145,8 @@ class Worker:
 
         self.settings = settings
         self.name = settings.LIBRARY
-        if self.name != "relaycache":
+        self.relay = self.name in settings.RELAYCACHE_LIBS  # this project's cache
+        if not self.relay:
             _neutralize_relaycache()
         connection_created.connect(_install_counter, weak=False)
         if connection.connection is not None:
@@ -153,13 +155,50 @@ class Worker:
         self.libs = libs
         self.lib = libs.LIBRARY_CLASSES[self.name](self.client)
         self.plain = libs.Library(self.client)
-        self.floor = (libs.Floor(self.client, settings.PREFIXES["floor"])
-                      if self.name == "floor" else None)
+        self.floor = (libs.Floor(self.client, settings.PREFIXES["floor"],
+                                 in_process=self.name == "dict")
+                      if self.name in ("floor", "dict") else None)
         self.params: dict[str, Any] = {}
         self._books: dict[int, Any] | None = None
         self._clone_script = self.client.register_script(_CLONE)
         self.harness = settings.HARNESS_PREFIX
         self._pageload: Any = None
+        self._pg: tuple[Any, int] | None = None
+
+    # -- CPU of the worker and of its PostgreSQL backend -------------------------------
+
+    def pg_pid(self) -> int:
+        """The PID of this process' PostgreSQL backend (``SELECT pg_backend_pid()``,
+        asked again only when Django opened a new connection)."""
+        from django.db import connection
+
+        connection.ensure_connection()
+        if self._pg is None or self._pg[0] is not connection.connection:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                self._pg = (connection.connection, cursor.fetchone()[0])
+        return self._pg[1]
+
+    @staticmethod
+    def pg_cpu_ns(pid: int) -> int | None:
+        """CPU time the backend ``pid`` has used (same machine): the scheduler's exact
+        ``/proc/<pid>/schedstat`` run time, else utime + stime of ``/proc/<pid>/stat``
+        (clock ticks); None when neither can be read (another host)."""
+        try:
+            with open(f"/proc/{pid}/schedstat", "rb") as f:
+                return int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) * 1_000_000_000 // os.sysconf(
+                "SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def cpu_marks(self) -> tuple[int, int | None]:
+        return cpu_ns(), self.pg_cpu_ns(self.pg_pid())
 
     # -- helpers -------------------------------------------------------------------
 
@@ -241,23 +280,56 @@ class Worker:
                 min_n: int = 20) -> dict[str, Any]:
         for _ in range(warmup):
             result = self.call(query)
+        pid = self.pg_pid()
         stats = self._backend_stats()
         selects = DB.selects
         samples: list[int] = []
         deadline = time.monotonic() + budget_s
+        cpu0, pg0 = cpu_ns(), self.pg_cpu_ns(pid)
         for i in range(n):
             t0 = perf_ns()
             result = self.call(query)
             samples.append(perf_ns() - t0)
             if i >= min_n and time.monotonic() > deadline:
                 break
+        cpu1, pg1 = cpu_ns(), self.pg_cpu_ns(pid)
         out = summary(samples)
         out.update(db_selects=DB.selects - selects, fingerprint=self.libs.fingerprint(result),
-                   backend=self._stats_delta(stats))
+                   backend=self._stats_delta(stats), cpu_ns=cpu1 - cpu0,
+                   pg_cpu_ns=None if pg0 is None or pg1 is None else pg1 - pg0)
         return out
 
+    def cmd_page_cpu(self, books: list[int], budget_s: float, min_n: int = 20
+                     ) -> dict[str, Any]:
+        """CPU of fully cached book pages (workload 4's three page queries, each a hit
+        for the caches): the pages of ``books`` are read twice first, then read in turn
+        for ``budget_s``. Returns the pages read, their wall time, the worker's CPU and
+        its PostgreSQL backend's CPU, and the SELECTs they ran."""
+        from benchmarks.pageload import PageLoad
+
+        if self._pageload is None:
+            self._pageload = PageLoad(self, DB, self.harness)
+        load = self._pageload
+        unused: Counter[str] = Counter()
+        for _ in range(2):
+            for book_id in books:
+                load.run_queries(load.page_queries(book_id), unused)
+        pid = self.pg_pid()
+        selects = DB.selects
+        deadline = time.monotonic() + budget_s
+        pages = 0
+        t0, cpu0, pg0 = perf_ns(), cpu_ns(), self.pg_cpu_ns(pid)
+        while pages < min_n or time.monotonic() < deadline:
+            for _kind, run in load.page_queries(books[pages % len(books)]):
+                run()
+            pages += 1
+        t1, cpu1, pg1 = perf_ns(), cpu_ns(), self.pg_cpu_ns(pid)
+        return {"pages": pages, "wall_ns": t1 - t0, "cpu_ns": cpu1 - cpu0,
+                "pg_cpu_ns": None if pg0 is None or pg1 is None else pg1 - pg0,
+                "db_selects": DB.selects - selects}
+
     def _backend_stats(self) -> dict[str, int] | None:
-        if self.name != "relaycache":
+        if not self.relay:
             return None
         return dict(self.settings.CACHE_BACKEND.stats.snapshot())
 
@@ -267,31 +339,43 @@ class Worker:
         after = self.settings.CACHE_BACKEND.stats.snapshot()
         return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
 
-    def cmd_profile(self, query: str, n: int, warmup: int = 50, top: int = 30
-                    ) -> dict[str, Any]:
+    def cmd_profile(self, query: str, n: int, warmup: int = 50, top: int = 30,
+                    miss: bool = False) -> dict[str, Any]:
         """cProfile of ``n`` calls of a workload-1 query (or ``invalidate``: the
-        invalidation a books_book write triggers), after an unprofiled timing."""
+        invalidation a books_book write triggers), after an unprofiled timing. With
+        ``miss``, the query's tables are invalidated before each call, untimed and
+        unprofiled, as in workload 2."""
         import cProfile
         import io
         import pstats
+
+        q = self.libs.QUERIES.get(query)
+        book_id = self.params["book_id"] if query == "decorator" else None
 
         def call() -> Any:
             if query == "invalidate":
                 return self.lib.invalidate_table_only()
             return self.call(query)
 
+        def prepare() -> None:
+            if miss and q is not None:
+                self.lib.invalidate_tables(q.models, book_id)
+
         for _ in range(warmup):
+            prepare()
             call()
         samples = []
         for _ in range(n):
+            prepare()
             t0 = perf_ns()
             call()
             samples.append(perf_ns() - t0)
         profiler = cProfile.Profile()
-        profiler.enable()
         for _ in range(n):
+            prepare()
+            profiler.enable()
             call()
-        profiler.disable()
+            profiler.disable()
         text = {}
         for order in ("cumulative", "tottime"):
             buf = io.StringIO()
@@ -316,20 +400,28 @@ class Worker:
         q = self.libs.QUERIES[query]
         book_id = self.params["book_id"] if query == "decorator" else None
         self.call(query)
+        pid = self.pg_pid()
+        pg_cpu = self.pg_cpu_ns
         samples: list[int] = []
-        selects = 0
+        selects = cpu = 0
+        pg: int | None = 0
         deadline = time.monotonic() + budget_s
         for i in range(n):
             self.lib.invalidate_tables(q.models, book_id)
             before = DB.selects
+            c0, p0 = cpu_ns(), pg_cpu(pid)
             t0 = perf_ns()
             self.call(query)
             samples.append(perf_ns() - t0)
+            c1, p1 = cpu_ns(), pg_cpu(pid)
+            cpu += c1 - c0
+            pg = None if pg is None or p0 is None or p1 is None else pg + p1 - p0
             selects += DB.selects - before
             if i >= min_n and time.monotonic() > deadline:
                 break
         out = summary(samples)
         out["db_selects_per_call"] = selects / len(samples)
+        out.update(cpu_ns=cpu, pg_cpu_ns=pg)
         return out
 
     # -- workload 3: invalidation cost versus entries --------------------------------
@@ -348,7 +440,7 @@ class Worker:
 
     def _entry_key(self, queryset: Any) -> str:
         """The raw Redis key the library stored ``queryset``'s result under."""
-        if self.name == "relaycache":
+        if self.relay:
             return self.settings.CACHE_BACKEND.value_key(queryset.cache_info().key)
         if self.name == "cacheops":
             return queryset._cache_key()
@@ -362,8 +454,8 @@ class Worker:
 
     def _clone_key(self, i: int) -> str:
         p = self.lib.prefix
-        return {"relaycache": f"{p}orm:fill:{i}", "cacheops": f"{p}q:fill{i}",
-                "cachalot": f"{p}:1:fill{i}"}[self.name]
+        return {"relaycache": f"{p}orm:fill:{i}", "relaycache_near": f"{p}orm:fill:{i}",
+                "cacheops": f"{p}q:fill{i}", "cachalot": f"{p}:1:fill{i}"}[self.name]
 
     def _clone(self, template: str, first: int, count: int, add_to: str) -> None:
         prefix = self._clone_key(0)[:-1]
@@ -379,7 +471,7 @@ class Worker:
     def _clone_valid(self, i: int) -> bool:
         """Whether clone ``i`` would be served, by the library's own rule."""
         key = self._clone_key(i)
-        if self.name == "relaycache":
+        if self.relay:
             backend = self.settings.CACHE_BACKEND
             hit, _ = backend.get(key[len(backend.value_prefix):], tags=self._inval_tags())
             return hit
@@ -432,7 +524,7 @@ class Worker:
         keys = self.client.dbsize()
 
         # What makes the entries valid again after a timed invalidation.
-        if self.name == "relaycache":
+        if self.relay:
             backend = self.settings.CACHE_BACKEND
             stamp_keys = backend.stamp_keys(self._inval_tags())
             saved = self.client.mget(stamp_keys)
@@ -532,7 +624,7 @@ class Worker:
         prefilled = load.prefill(order[:prefill], index, procs)
         prefill_s = time.monotonic() - t0
         stats = self._backend_stats()
-        with _without_sample_receivers(self.name == "relaycache"):
+        with _without_sample_receivers(self.relay):
             result = load.run(seconds, warmup, write_ratio, seed, order, cum, prefilled,
                               lambda: self.barrier(barrier))
         result["prefill_s"] = prefill_s

@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+import redis
+
 from relaycache import InMemoryCache, cache
 from tests.backends.dict_backend import DictCache
 
@@ -200,3 +202,15 @@ def redirected_redis(kind: str, server: Any, redis_url: str | None) -> type:
             super().__init__(*args, **kwargs)
 
     return RedirectedRedis
+
+
+class CountingConnection(redis.Connection):
+    """Counts what a client sends: one ``send_packed_command`` per command or per
+    pipeline, each answered before the next is sent, so one per round trip. Give it as
+    a pool's ``connection_class``; reset ``sent`` before counting."""
+
+    sent = 0
+
+    def send_packed_command(self, command, check_health=True):
+        type(self).sent += 1
+        return super().send_packed_command(command, check_health)

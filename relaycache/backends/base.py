@@ -4,16 +4,20 @@ A backend subclasses :class:`BaseCache` and implements the *storage primitives*
 below (``fetch``, ``acquire_stamps``, ``store_if_current``, ``replace_stamps``,
 ``delete_keys``, ``clear``, the three lease primitives, and ``scan_keys``/
 ``describe_keys`` for the ``relaycache`` command). Each states what it must guarantee;
-one left out raises ``NotImplementedError`` naming it. The async twins (``afetch``...)
-call the sync ones by default, which suits a backend without I/O; a networked backend
-overrides them. Everything that decides whether a result may be served or stored lives
-in :mod:`relaycache.backends.flow`, once, and is carried out here by two drivers
+one left out raises ``NotImplementedError`` naming it. Two more, for a distributed
+singleflight miss (``acquire_lease_and_fetch``, ``store_and_release_lease``), are made
+of those by default; a networked backend overrides them to save round trips. The async
+twins (``afetch``...) call the sync ones by default, which suits a backend without
+I/O; a networked backend overrides them (the two composite ones call the async twins
+of their parts). Everything that decides whether a result may be served or stored
+lives in :mod:`relaycache.backends.flow`, once, and is carried out here by two drivers
 (:meth:`BaseCache._run` and :meth:`BaseCache._arun`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -211,6 +215,41 @@ class BaseCache:
         """Release ``lkey`` if ``token`` still holds it, and wake its waiters."""
         raise NotImplementedError(f"{type(self).__name__} must implement release_lease()")
 
+    def acquire_lease_and_fetch(self, lkey: str, token: str, ttl_ms: int, vkey: str,
+                                skeys: list[str]) -> list[Any] | None:
+        """Take the lease as :meth:`acquire_lease` does; ``None`` if someone holds it.
+        Taken, what :meth:`fetch` of ``[vkey, *skeys]`` returns read after the lease
+        was taken (another process may have stored the entry meanwhile), except that a
+        stamp that is absent may come back created, as :meth:`acquire_stamps` creates
+        it (the flow acquires those that come back ``None`` itself).
+
+        The default takes the lease, then fetches: two round trips for a networked
+        store. ``RedisCache`` does both, and creates the absent stamps, in one."""
+        if not self.acquire_lease(lkey, token, ttl_ms):
+            return None
+        try:
+            return self.fetch([vkey, *skeys])
+        except self.errors:
+            # Taken but not looked at: the flow computes uncached (FAILED) without
+            # knowing it holds the lease, so it is released here.
+            with contextlib.suppress(*self.errors):
+                self.release_lease(lkey, token)
+            raise
+
+    def store_and_release_lease(self, vkey: str, raw: bytes, skeys: list[str],
+                                stamps: list[str], ttl_ms: int | None, lkey: str,
+                                token: str) -> bool:
+        """:meth:`store_if_current`, then :meth:`release_lease` (the lease is released
+        even if the store raises); whether it wrote. Waiters woken by the release must
+        find what was stored.
+
+        The default calls the two: two round trips for a networked store.
+        ``RedisCache`` does both in one script."""
+        try:
+            return self.store_if_current(vkey, raw, skeys, stamps, ttl_ms)
+        finally:
+            self.release_lease(lkey, token)
+
     def wait_lease(self, lkey: str, timeout: float) -> None:
         """Block until ``lkey`` is released or expires, or ``timeout`` seconds pass,
         without busy-spinning."""
@@ -256,6 +295,27 @@ class BaseCache:
 
     async def arelease_lease(self, lkey: str, token: str) -> None:
         self.release_lease(lkey, token)
+
+    async def aacquire_lease_and_fetch(self, lkey: str, token: str, ttl_ms: int,
+                                       vkey: str, skeys: list[str]) -> list[Any] | None:
+        # The async twins of the two it is made of: a backend that overrides those
+        # (it does I/O) gets no blocking call from this default.
+        if not await self.aacquire_lease(lkey, token, ttl_ms):
+            return None
+        try:
+            return await self.afetch([vkey, *skeys])
+        except self.errors:
+            with contextlib.suppress(*self.errors):
+                await self.arelease_lease(lkey, token)
+            raise
+
+    async def astore_and_release_lease(self, vkey: str, raw: bytes, skeys: list[str],
+                                       stamps: list[str], ttl_ms: int | None, lkey: str,
+                                       token: str) -> bool:
+        try:
+            return await self.astore_if_current(vkey, raw, skeys, stamps, ttl_ms)
+        finally:
+            await self.arelease_lease(lkey, token)
 
     async def await_lease(self, lkey: str, timeout: float) -> None:
         # The sync wait would block the event loop: poll the lease instead.

@@ -71,7 +71,8 @@ ACQUIRE_STAMPS = Primitive("acquire_stamps")
 STORE_IF_CURRENT = Primitive("store_if_current")
 REPLACE_STAMPS = Primitive("replace_stamps")
 DELETE_KEYS = Primitive("delete_keys")
-ACQUIRE_LEASE = Primitive("acquire_lease")
+ACQUIRE_LEASE_AND_FETCH = Primitive("acquire_lease_and_fetch")
+STORE_AND_RELEASE_LEASE = Primitive("store_and_release_lease")
 RELEASE_LEASE = Primitive("release_lease")
 WAIT_LEASE = Primitive("wait_lease")
 
@@ -373,6 +374,16 @@ def get_or_set(cache: BaseCache, flights: Flight, key: str, ttl: float | None,
         flights.leave(vkey)
 
 
+class _Lease:
+    """A distributed singleflight lease: ``held`` once taken, until released by the
+    store (:data:`STORE_AND_RELEASE_LEASE`) or alone (:data:`RELEASE_LEASE`)."""
+
+    __slots__ = ("held", "key", "token")
+
+    def __init__(self, key: str, token: str) -> None:
+        self.key, self.token, self.held = key, token, False
+
+
 class _Miss:
     """One miss of one key: lease (with distributed singleflight), compute, store."""
 
@@ -387,38 +398,57 @@ class _Miss:
         self.lease_ttl, self.lease_wait = lease_ttl, lease_wait
 
     def run(self, stamps: Stamps, singleflight: bool) -> Flow[Any]:
+        """Compute and store; with ``singleflight``, under a lease, in three round trips
+        in all on Redis: the lookup (already made), one that takes the lease and looks
+        again (``ACQUIRE_LEASE_AND_FETCH``: another process may have stored it between
+        our lookup and the lease, or it would be computed twice), and one that stores
+        and releases (``STORE_AND_RELEASE_LEASE``). The lease is released alone if
+        nothing is stored (a hit under the lease, nothing to store, compute raised) or
+        the store failed."""
         if not singleflight:
             return (yield from self.compute_and_store(stamps))
         cache = self.cache
-        lkey, token = cache.lease_key(self.vkey), new_token()
+        lease = _Lease(cache.lease_key(self.vkey), new_token())
         lease_ms = max(1, int(self.lease_ttl * 1000))
         deadline = time.monotonic() + self.lease_wait
         while True:
-            leased = yield ACQUIRE_LEASE, (lkey, token, lease_ms)
-            if leased is FAILED:
+            try:
+                fetched = yield ACQUIRE_LEASE_AND_FETCH, (lease.key, lease.token, lease_ms,
+                                                          self.vkey, self.skeys)
+            except GeneratorExit:
+                raise
+            except BaseException:
+                # Cancelled (or interrupted) inside the primitive: the lease may be ours.
+                yield RELEASE_LEASE, (lease.key, lease.token)
+                raise
+            if fetched is FAILED:
                 return (yield COMPUTE, _NO_ARGS)
-            if leased:
+            if fetched is not None:
+                lease.held = True
                 try:
-                    # Another process may have stored it between our lookup and the
-                    # lease: look again, or it would be computed twice.
-                    found, value, stamps = yield from lookup(cache, self.vkey, self.tags,
-                                                             self.skeys)
-                    if found or stamps is FAILED:
-                        return value if found else (yield COMPUTE, _NO_ARGS)
-                    return (yield from self.compute_and_store(stamps))
+                    found, value, stamps, garbage = _judge(cache, self.vkey, self.tags,
+                                                           self.skeys, fetched)
+                    if found:
+                        return value
+                    if garbage:
+                        yield from _replace_garbage(garbage)
+                    return (yield from self.compute_and_store(stamps, lease))
                 finally:
-                    yield RELEASE_LEASE, (lkey, token)
+                    if lease.held:
+                        lease.held = False
+                        yield RELEASE_LEASE, (lease.key, lease.token)
             cache.stats.incr("singleflight_waits")
-            yield WAIT_LEASE, (lkey, max(0.0, deadline - time.monotonic()))
+            yield WAIT_LEASE, (lease.key, max(0.0, deadline - time.monotonic()))
             found, value, stamps = yield from lookup(cache, self.vkey, self.tags, self.skeys)
             if found or stamps is FAILED:
                 return value if found else (yield COMPUTE, _NO_ARGS)
             if time.monotonic() >= deadline:
                 return (yield from self.compute_and_store(stamps))
 
-    def compute_and_store(self, stamps: Any) -> Flow[Any]:
+    def compute_and_store(self, stamps: Any, lease: _Lease | None = None) -> Flow[Any]:
         """Compute, and store under ``stamps``: the ones the lookup fetched, taken
-        before the computation; only absent ones are acquired (one round trip)."""
+        before the computation; only absent ones are acquired (one round trip). With
+        ``lease`` (held), the store releases it in the same round trip."""
         cache = self.cache
         if None in stamps:
             stamps = yield from _complete_stamps(cache, self.skeys, stamps)
@@ -429,7 +459,7 @@ class _Miss:
             return value
         try:
             yield from _store(cache, self.vkey, self.tags, self.skeys, stamps, value,
-                              self.ttl_ms)
+                              self.ttl_ms, lease)
         except TypeError as exc:
             if self.strict:
                 raise
@@ -454,11 +484,21 @@ def _complete_stamps(cache: BaseCache, skeys: list[str], stamps: Stamps) -> Flow
 
 
 def _store(cache: BaseCache, vkey: str, tags: list[str], skeys: list[str], stamps: Stamps,
-           value: Any, ttl_ms: int | None) -> Flow[bool]:
+           value: Any, ttl_ms: int | None, lease: _Lease | None = None) -> Flow[bool]:
+    """Store ``value`` if ``stamps`` are still current. With ``lease`` (held by the
+    caller) the same round trip releases it, and ``lease.held`` becomes ``False``; it
+    stays ``True`` if nothing was sent or the store failed (FAILED: it may not have
+    run), for the caller to release it alone."""
     raw = encode_for_store(cache, tags, stamps, value)
     if raw is None or not cache.keeps_entries:
         return False
-    stored = yield STORE_IF_CURRENT, (vkey, raw, skeys, stamps, ttl_ms)
+    if lease is not None and lease.held:
+        stored = yield STORE_AND_RELEASE_LEASE, (vkey, raw, skeys, stamps, ttl_ms,
+                                                 lease.key, lease.token)
+        if stored is not FAILED:
+            lease.held = False
+    else:
+        stored = yield STORE_IF_CURRENT, (vkey, raw, skeys, stamps, ttl_ms)
     if stored is FAILED:
         return False
     cache.stats.incr("stores" if stored else "stores_rejected")

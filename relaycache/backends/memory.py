@@ -131,6 +131,25 @@ class InMemoryCache(BaseCache):
                 del self._data[lkey]
             self._released.notify_all()
 
+    def acquire_lease_and_fetch(self, lkey: str, token: str, ttl_ms: int, vkey: str,
+                                skeys: list[str]) -> list[Any] | None:
+        # Under one lock hold, as RedisCache's script runs; absent stamps are not
+        # created here (the flow acquires them, as it did before). The async twin is
+        # BaseCache's: the async twins of the two parts, in turn.
+        with self._lock:
+            if not self.acquire_lease(lkey, token, ttl_ms):
+                return None
+            return self.fetch([vkey, *skeys])
+
+    def store_and_release_lease(self, vkey: str, raw: bytes, skeys: list[str],
+                                stamps: list[str], ttl_ms: int | None, lkey: str,
+                                token: str) -> bool:
+        with self._lock:
+            try:
+                return self.store_if_current(vkey, raw, skeys, stamps, ttl_ms)
+            finally:
+                self.release_lease(lkey, token)
+
     def wait_lease(self, lkey: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         with self._lock:

@@ -37,7 +37,7 @@ from redis.sentinel import SentinelConnectionPool
 
 from ..core.stats import Stats
 
-__all__ = ["NearCache", "RedisTracking", "Ticket", "TrackingSource"]
+__all__ = ["NearCache", "RedisTracking", "Ticket", "TrackingSource", "can_track"]
 
 logger = logging.getLogger("relaycache")
 
@@ -252,6 +252,23 @@ def _resp3(pool: Any) -> Any:
     return pool.connection_class(**kwargs)
 
 
+def can_track(client: redis.Redis | RedisCluster) -> bool:
+    """Whether a near cache can track ``client``'s server: the platform can poll a
+    socket without blocking, and the client connects through redis-py's own sockets
+    (a test double such as fakeredis, or a connection class of one's own, is not
+    assumed to reach a server that pushes invalidation messages)."""
+    if not hasattr(select, "poll"):
+        return False
+    if isinstance(client, RedisCluster):
+        node = client.get_default_node()
+        if node is None or node.redis_connection is None:
+            return False
+        pool = node.redis_connection.connection_pool
+    else:
+        pool = client.connection_pool
+    return bool(pool.connection_class._connect.__module__ == "redis.connection")
+
+
 class RedisTracking:
     """The :class:`TrackingSource` of a ``RedisCache``: one connection to the server
     (to the current master on Sentinel), or one per primary on Cluster."""
@@ -337,6 +354,7 @@ class NearCache:
         self._next_tick = 0.0
         self._identity: Hashable = None
         self._connecting = False
+        self._connector: threading.Thread | None = None
         self._retry_at = 0.0
         self._retry_delay = _RETRY_MIN
 
@@ -559,6 +577,15 @@ class NearCache:
         """Whether :meth:`connect` would try now (a hint, read without the lock)."""
         return not self._links and not self._connecting and (
             time.monotonic() >= self._retry_at)
+
+    def connect_soon(self) -> None:
+        """Start :meth:`connect` on a thread of its own if a try is due, and return at
+        once: an event loop must neither wait for a connection nor lend its executor
+        to one. Reads go to Redis until tracking is up."""
+        if self.wants_connection():
+            self._connector = threading.Thread(target=self.connect, daemon=True,
+                                               name="relaycache-near-connect")
+            self._connector.start()
 
     def connect(self) -> None:
         """Open the tracking connections if none are up and a try is due (blocking,

@@ -24,7 +24,7 @@ from redis.sentinel import SentinelConnectionPool
 
 from .base import BaseCache, KeyDescription
 from .flow import Stamps, new_token, stamp_text
-from .near import NearCache, RedisTracking
+from .near import NearCache, RedisTracking, can_track
 
 # KEYS: entry, stamp...; ARGV: entry, ttl_ms or "", expected stamp...
 _STORE_IF_CURRENT = """
@@ -48,6 +48,52 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return 1
 end
 return 0
+"""
+
+# The two round trips of a distributed singleflight miss after its lookup (plain and
+# Sentinel Redis; on Cluster the lease, the entry and the stamps live in different
+# slots, which no script may touch together: see RedisCache.acquire_lease_and_fetch).
+#
+# KEYS: lease, entry, stamp...; ARGV: token, lease ttl_ms, stamp ttl_ms, a new token.
+# Takes the lease (nil if another holds it); taken, the entry and the stamps as MGET
+# returns them (in chunks: unpack has a stack limit), read after the lease was taken,
+# each absent stamp created first as SET NX PX would, as "<new token>-<its index>"
+# (unique: the token is new for each call). A stamp key of another type is left alone
+# and comes back nil, for the flow to acquire (and fail on) as before.
+_ACQUIRE_LEASE_AND_FETCH = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+local found = {}
+for first = 2, #KEYS, 1000 do
+  local chunk = redis.call('MGET', unpack(KEYS, first, math.min(first + 999, #KEYS)))
+  for i = 1, #chunk do found[first - 2 + i] = chunk[i] end
+end
+for i = 2, #found do
+  if not found[i] then
+    local stamp = ARGV[4] .. '-' .. (i - 2)
+    if redis.call('SET', KEYS[i + 1], stamp, 'NX', 'PX', ARGV[3]) then found[i] = stamp end
+  end
+end
+return found
+"""
+
+# KEYS: lease, entry, stamp...; ARGV: token, entry, ttl_ms or "", expected stamp...
+# _RELEASE_LEASE, then _STORE_IF_CURRENT, atomically: released first, so that a store
+# that fails (a full server refuses the SET) has still released it. Waiters woken by
+# the message look again after the script, so they find what it stored.
+_STORE_AND_RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', KEYS[1], '1')
+end
+for i = 3, #KEYS do
+  if redis.call('GET', KEYS[i]) ~= ARGV[i + 1] then return 0 end
+end
+if ARGV[3] == '' then
+  redis.call('SET', KEYS[2], ARGV[2])
+else
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+end
+return 1
 """
 
 T = TypeVar("T")
@@ -328,12 +374,15 @@ class _LoopClient:
     keeps its other async generators unfinished.
     """
 
-    __slots__ = ("client", "closer", "release", "store")
+    __slots__ = ("acquire_and_fetch", "client", "closer", "release", "store",
+                 "store_and_release")
 
     def __init__(self, client: Any, forget: Callable[[], object]) -> None:
         self.client = client
         self.store = client.register_script(_STORE_IF_CURRENT)
         self.release = client.register_script(_RELEASE_LEASE)
+        self.acquire_and_fetch = client.register_script(_ACQUIRE_LEASE_AND_FETCH)
+        self.store_and_release = client.register_script(_STORE_AND_RELEASE_LEASE)
         self.closer = self._close_at_shutdown(forget)
         with contextlib.suppress(StopIteration):  # it stopped at its yield, registered
             self.closer.asend(None).send(None)
@@ -353,6 +402,23 @@ def _refused_for_memory(exc: redis.ResponseError) -> bool:
     return isinstance(exc, OutOfMemoryError) or "maxmemory" in str(exc)
 
 
+class _LeaseScripts:
+    """The two singleflight scripts of one sync client (registered at first use: no
+    round trip until called, and one set per client, a redelivery twin's included)."""
+
+    __slots__ = ("acquire_and_fetch", "client", "store_and_release")
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.acquire_and_fetch = client.register_script(_ACQUIRE_LEASE_AND_FETCH)
+        self.store_and_release = client.register_script(_STORE_AND_RELEASE_LEASE)
+
+
+def _leased(reply: Any) -> list[Any] | None:
+    """The reply of ``_ACQUIRE_LEASE_AND_FETCH``: ``None`` (not taken) or the values."""
+    return None if reply is None else list(reply)
+
+
 def _send_mget(connection: Any, keys: list[str]) -> list[Any]:
     connection.send_command("MGET", *keys)
     return list(connection.read_response())
@@ -365,6 +431,21 @@ def _expires_at(started: float, pttl: int) -> float:
     return started + pttl / 1000 if pttl >= 0 else math.inf
 
 
+def _near_cache(option: NearCache | Mapping[str, Any] | bool | None, client: Any
+                ) -> NearCache | None:
+    """The near cache ``RedisCache(near_cache=option)`` asks for."""
+    if option is None or option is False:
+        return None
+    if option is True:
+        return NearCache() if can_track(client) else None
+    if isinstance(option, NearCache):
+        return option
+    if isinstance(option, Mapping):
+        return NearCache(**option)
+    raise TypeError("near_cache must be True, False, a NearCache or a dict of its "
+                    f"options, got {option!r}")
+
+
 class RedisCache(BaseCache):
     """Tag-stamped cache on Redis.
 
@@ -373,9 +454,12 @@ class RedisCache(BaseCache):
         :attr:`redis_client`; cache calls run on a clone with bounded timeouts.
     :param socket_timeout: seconds a cache call may wait on Redis (connect or reply),
         whatever the client's own timeouts: a slow cache must cost little.
-    :param near_cache: a :class:`~relaycache.NearCache` of this cache's own (or a dict
-        of its options, as a settings file can give), to serve hits from the process
-        without a round trip; ``None``: every hit asks Redis.
+    :param near_cache: serve hits from the process without a round trip, kept fresh
+        by Redis' invalidation messages: ``True`` (the default) for a
+        :class:`~relaycache.NearCache` with default bounds, when the client connects
+        through redis-py's own sockets (a test double such as fakeredis cannot be
+        tracked); a ``NearCache`` of this cache's own, or a dict of its options (as a
+        settings file gives them); ``False`` or ``None``: every hit asks Redis.
     Other options are :class:`~relaycache.backends.base.BaseCache`'s.
     """
 
@@ -384,7 +468,7 @@ class RedisCache(BaseCache):
 
     def __init__(self, client: redis.Redis | RedisCluster, default_ttl: float | None = 3600,
                  *, socket_timeout: float = 0.5,
-                 near_cache: NearCache | Mapping[str, Any] | None = None,
+                 near_cache: NearCache | Mapping[str, Any] | bool | None = True,
                  **options: Any) -> None:
         if not isinstance(client, (redis.Redis, RedisCluster)):
             raise TypeError(
@@ -401,11 +485,10 @@ class RedisCache(BaseCache):
         self._store_script = None if self.is_cluster else self._client.register_script(
             _STORE_IF_CURRENT)
         self._release_script = self._client.register_script(_RELEASE_LEASE)
-        if isinstance(near_cache, Mapping):
-            near_cache = NearCache(**near_cache)
-        self._near: NearCache | None = near_cache
-        if near_cache is not None:
-            near_cache.bind(RedisTracking(self._client, self.value_prefix,
+        self._near = _near_cache(near_cache, client)
+        self._barriers = self._near is not None
+        if self._near is not None:
+            self._near.bind(RedisTracking(self._client, self.value_prefix,
                                           self.stamp_keys([""])[0]), self.stats)
 
     def _setup(self, client: Any, socket_timeout: float) -> None:
@@ -420,6 +503,7 @@ class RedisCache(BaseCache):
                 f"{self.meta_prefix}server", self.stamp_keys([SERVER_TAG])[0],
                 int(self.stamp_ttl * 1000))
         self._near = None
+        self._barriers = False
         self._loop_clients: weakref.WeakKeyDictionary[Any, _LoopClient | None] = (
             weakref.WeakKeyDictionary())
         self._redelivery_timeout = max(REDELIVERY_TIMEOUT, 10 * socket_timeout)
@@ -456,6 +540,27 @@ class RedisCache(BaseCache):
     def _replace_commands(self, skeys: list[str]) -> list[Command]:
         stamp_ms = int(self.stamp_ttl * 1000)
         return [_command("SET", skey, new_token(), "PX", stamp_ms) for skey in skeys]
+
+    def _acquire_and_fetch_call(self, lkey: str, token: str, ttl_ms: int, vkey: str,
+                                skeys: list[str]) -> dict[str, list[Any]]:
+        return {"keys": [lkey, vkey, *skeys],
+                "args": [token, ttl_ms, int(self.stamp_ttl * 1000), new_token()]}
+
+    @staticmethod
+    def _store_and_release_call(vkey: str, raw: bytes, skeys: list[str], stamps: list[str],
+                                ttl_ms: int | None, lkey: str, token: str
+                                ) -> dict[str, list[Any]]:
+        return {"keys": [lkey, vkey, *skeys],
+                "args": [token, raw, "" if ttl_ms is None else ttl_ms, *stamps]}
+
+    _lease_scripts: _LeaseScripts | None = None
+
+    def _scripts(self) -> _LeaseScripts:
+        """The singleflight scripts of this cache's sync client."""
+        scripts = self._lease_scripts
+        if scripts is None or scripts.client is not self._client:
+            scripts = self._lease_scripts = _LeaseScripts(self._client)
+        return scripts
 
     def _pipeline(self, commands: list[Command], raise_on_error: bool = True
                   ) -> list[Any]:
@@ -496,8 +601,7 @@ class RedisCache(BaseCache):
 
     async def _anear_miss(self, near: NearCache, keys: list[str]) -> list[Any]:
         """Async :meth:`_near_miss`."""
-        if near.wants_connection():
-            await asyncio.to_thread(near.connect)
+        near.connect_soon()
         loop_client = self._loop_client()
         if loop_client is None:
             return await asyncio.to_thread(self._near_miss, near, keys)
@@ -527,14 +631,16 @@ class RedisCache(BaseCache):
     def _barrier(self, keys: list[str]) -> None:
         """Return only once Redis has handed the invalidation messages of a write to
         ``keys`` to every tracking connection. Redis writes them in the same pass as
-        the write's reply, in no set order, so a PING sent after that reply came back
+        the write's reply, in no set order, so a command sent after that reply came back
         is answered after they were written (docs/consistency.md, "The near cache").
-        Sent in the same pipeline, it would run in the same pass: no barrier."""
+        Sent in the same pipeline, it would run in the same pass: no barrier. It is a
+        ``PTTL`` of a key just written (one per node on Cluster): any command would
+        do, and this one needs no permission beyond the cache's own keys."""
         if not self.is_cluster:
-            self._client.ping()
+            self._client.pttl(keys[0])
             return
-        nodes = {node.name: node for node in map(self._client.get_node_from_key, keys)}
-        self._client.ping(target_nodes=list(nodes.values()))
+        firsts = {self._client.get_node_from_key(key).name: key for key in keys}
+        self._pipeline([_command("PTTL", key) for key in firsts.values()])
 
     # -- the storage contract, sync ------------------------------------------------
 
@@ -593,7 +699,7 @@ class RedisCache(BaseCache):
             if not _refused_for_memory(exc):
                 raise
             return False
-        if self._near is not None:
+        if self._barriers:
             self._barrier(skeys)
         return True
 
@@ -606,7 +712,7 @@ class RedisCache(BaseCache):
             self._pipeline([_command("UNLINK", key) for key in keys])
         else:
             self._client.unlink(*keys)
-        if self._near is not None:
+        if self._barriers:
             self._barrier(keys)
 
     def clear(self) -> None:
@@ -625,6 +731,27 @@ class RedisCache(BaseCache):
 
     def release_lease(self, lkey: str, token: str) -> None:
         self._release_script(keys=[lkey], args=[token])
+
+    def acquire_lease_and_fetch(self, lkey: str, token: str, ttl_ms: int, vkey: str,
+                                skeys: list[str]) -> list[Any] | None:
+        if self.is_cluster:
+            # The lease, the entry and the stamps are in different slots: no script may
+            # touch them all. The lease, then the fetch (as before): two round trips.
+            return super().acquire_lease_and_fetch(lkey, token, ttl_ms, vkey, skeys)
+        return _leased(self._scripts().acquire_and_fetch(
+            **self._acquire_and_fetch_call(lkey, token, ttl_ms, vkey, skeys)))
+
+    def store_and_release_lease(self, vkey: str, raw: bytes, skeys: list[str],
+                                stamps: list[str], ttl_ms: int | None, lkey: str,
+                                token: str) -> bool:
+        if self.is_cluster:
+            # Different slots again: the store, then the release (two round trips).
+            return super().store_and_release_lease(vkey, raw, skeys, stamps, ttl_ms,
+                                                   lkey, token)
+        if self._near is not None:
+            self._near.evict([vkey])  # as store_if_current
+        return bool(self._scripts().store_and_release(
+            **self._store_and_release_call(vkey, raw, skeys, stamps, ttl_ms, lkey, token)))
 
     def wait_lease(self, lkey: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -762,8 +889,8 @@ class RedisCache(BaseCache):
             if not _refused_for_memory(exc):
                 raise
             return False
-        if self._near is not None:
-            await loop_client.client.ping()  # the barrier: see _barrier
+        if self._barriers:
+            await loop_client.client.pttl(skeys[0])  # the barrier: see _barrier
         return True
 
     async def adelete_keys(self, keys: list[str]) -> None:
@@ -776,8 +903,8 @@ class RedisCache(BaseCache):
         if self._near is not None:
             self._near.evict(keys)
         await loop_client.client.unlink(*keys)
-        if self._near is not None:
-            await loop_client.client.ping()  # the barrier: see _barrier
+        if self._barriers:
+            await loop_client.client.pttl(keys[0])  # the barrier: see _barrier
 
     async def aclear(self) -> None:
         loop_client = self._loop_client()
@@ -807,6 +934,27 @@ class RedisCache(BaseCache):
             await asyncio.to_thread(self.release_lease, lkey, token)
             return
         await loop_client.release(keys=[lkey], args=[token])
+
+    async def aacquire_lease_and_fetch(self, lkey: str, token: str, ttl_ms: int,
+                                       vkey: str, skeys: list[str]) -> list[Any] | None:
+        loop_client = self._loop_client()
+        if loop_client is None:
+            return await asyncio.to_thread(self.acquire_lease_and_fetch, lkey, token,
+                                           ttl_ms, vkey, skeys)
+        return _leased(await loop_client.acquire_and_fetch(
+            **self._acquire_and_fetch_call(lkey, token, ttl_ms, vkey, skeys)))
+
+    async def astore_and_release_lease(self, vkey: str, raw: bytes, skeys: list[str],
+                                       stamps: list[str], ttl_ms: int | None, lkey: str,
+                                       token: str) -> bool:
+        loop_client = self._loop_client()
+        if loop_client is None:
+            return await asyncio.to_thread(self.store_and_release_lease, vkey, raw, skeys,
+                                           stamps, ttl_ms, lkey, token)
+        if self._near is not None:
+            self._near.evict([vkey])
+        return bool(await loop_client.store_and_release(
+            **self._store_and_release_call(vkey, raw, skeys, stamps, ttl_ms, lkey, token)))
 
     async def await_lease(self, lkey: str, timeout: float) -> None:
         loop_client = self._loop_client()
@@ -843,7 +991,9 @@ class AioredisCache(RedisCache):
     timeouts. Sync calls (``get``, ``backend[key] = value``, ``invalidate()`` from a
     Django signal handler, the redelivery of invalidations) are carried out by those
     async primitives on a private event loop thread, so every method works from sync
-    code too. Plain (non-Sentinel, non-Cluster) asyncio clients only; no near cache.
+    code too. Plain (non-Sentinel, non-Cluster) asyncio clients only. It has no near
+    cache of its own, but its invalidations make the writer's barrier, so that the
+    near caches of other processes drop what they replaced before they return.
 
     :param client: a ``redis.asyncio.Redis``, kept as :attr:`redis_client`.
     Other options are :class:`RedisCache`'s.
@@ -861,6 +1011,7 @@ class AioredisCache(RedisCache):
         BaseCache.__init__(self, default_ttl=default_ttl, **options)
         self._setup(client, socket_timeout)
         self._client = None
+        self._barriers = True
 
     @classmethod
     def from_url(cls, url: str, default_ttl: float | None = 3600, **options: Any
@@ -909,6 +1060,17 @@ class AioredisCache(RedisCache):
 
     def release_lease(self, lkey: str, token: str) -> None:
         _PrivateLoop.run(self.arelease_lease(lkey, token))
+
+    def acquire_lease_and_fetch(self, lkey: str, token: str, ttl_ms: int, vkey: str,
+                                skeys: list[str]) -> list[Any] | None:
+        return _PrivateLoop.run(self.aacquire_lease_and_fetch(lkey, token, ttl_ms, vkey,
+                                                              skeys))
+
+    def store_and_release_lease(self, vkey: str, raw: bytes, skeys: list[str],
+                                stamps: list[str], ttl_ms: int | None, lkey: str,
+                                token: str) -> bool:
+        return _PrivateLoop.run(self.astore_and_release_lease(vkey, raw, skeys, stamps,
+                                                              ttl_ms, lkey, token))
 
     def wait_lease(self, lkey: str, timeout: float) -> None:
         _PrivateLoop.run(self.await_lease(lkey, timeout))

@@ -36,6 +36,9 @@ def cluster_client(redis_cluster):
 
 def _backend(client: RedisCluster, prefix: str | None = None, **options) -> RedisCache:
     prefix = prefix or f"cl{uuid.uuid4().hex[:8]}:"
+    # Every hit asks Redis: these tests count that path's commands (the near cache, on
+    # by default, is tested in test_near_cache.py).
+    options.setdefault("near_cache", False)
     return RedisCache(client, value_prefix=prefix, meta_prefix=prefix + "meta:", **options)
 
 

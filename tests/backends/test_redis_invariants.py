@@ -21,7 +21,7 @@ import redis
 
 from relaycache import RedisCache, cache, invalidate
 from tests.servers import command_stats, reset_stats
-from tests.support import concurrently, run_concurrently, wait_until
+from tests.support import CountingConnection, concurrently, run_concurrently, wait_until
 
 pytest_plugins = ("tests.servers",)
 pytestmark = pytest.mark.real_redis
@@ -33,6 +33,9 @@ def _prefix() -> str:
 
 
 def _backend(client: redis.Redis, prefix: str, **options) -> RedisCache:
+    # Every hit asks Redis: these tests count that path's commands (the near cache, on
+    # by default, is tested in test_near_cache.py).
+    options.setdefault("near_cache", False)
     return RedisCache(client, value_prefix=prefix, meta_prefix=prefix + "meta:", **options)
 
 
@@ -96,17 +99,6 @@ def test_a_hit_is_exactly_one_mget_whatever_the_number_of_tags(redis_server):
 # -- a miss: one round trip before the computation, one after -------------------------
 
 
-class _CountingConnection(redis.Connection):
-    """Counts what the client sends: one ``send_packed_command`` per command or per
-    pipeline, each answered before the next is sent, so one per round trip."""
-
-    sent = 0
-
-    def send_packed_command(self, command, check_health=True):
-        type(self).sent += 1
-        return super().send_packed_command(command, check_health)
-
-
 def test_a_miss_is_one_round_trip_before_computing_and_one_after(redis_server):
     """The lookup's MGET brings the entry and every stamp; the miss stores under those
     stamps (one script call) without fetching them again, and creates only the stamps
@@ -115,7 +107,7 @@ def test_a_miss_is_one_round_trip_before_computing_and_one_after(redis_server):
     a server of the test's own (commands: a script's own GET/SET count there too)."""
     admin = redis_server.client()
     pool = redis.ConnectionPool(host="127.0.0.1", port=redis_server.port,
-                                connection_class=_CountingConnection)
+                                connection_class=CountingConnection)
     backend = _backend(redis.Redis(connection_pool=pool), _prefix())
     tags = ["a", "b", "c", "d"]
     stamps = len(tags) + len(backend.implicit_tags)
@@ -125,15 +117,15 @@ def test_a_miss_is_one_round_trip_before_computing_and_one_after(redis_server):
 
     def compute(value):
         def run():
-            trips_when_computed.append(_CountingConnection.sent)
+            trips_when_computed.append(CountingConnection.sent)
             return value
         return run
 
     def miss(label, key, value, tags_):
         reset_stats(admin)
-        _CountingConnection.sent = 0
+        CountingConnection.sent = 0
         assert backend.get_or_set(key, compute(value), tags=tags_) == value
-        rounds[label] = (_CountingConnection.sent, _data_commands(command_stats(admin)))
+        rounds[label] = (CountingConnection.sent, _data_commands(command_stats(admin)))
 
     miss("stamps present", "k", 1, tags)
     assert backend.get_or_set("k", compute(-1), tags=tags) == 1  # stored

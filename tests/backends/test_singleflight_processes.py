@@ -125,6 +125,12 @@ def test_a_stampede_of_8_processes_computes_once(redis_server):
 
     commands = {k: v for k, v in command_stats(admin).items()
                 if k != "info" and not k.startswith("config")}
+    # What each new connection sends (redis-py's HELLO, the restart check's SCRIPT
+    # LOAD, the near cache's tracking connection and its heartbeat) grows with the
+    # connections, not with the waiting: only the rest tells busy-spinning.
+    waiting = {k: v for k, v in commands.items()
+               if k not in ("hello", "ping", "select", "script|load")
+               and not k.startswith("client|")}
     values = [report["value"] for report in done.values()]
     seconds = sorted(round(report["seconds"], 2) for report in done.values())
     print(f"\nstampede: runs={admin.get(workers.counter)} seconds={seconds} commands={commands}")
@@ -137,7 +143,7 @@ def test_a_stampede_of_8_processes_computes_once(redis_server):
     # Waiters are woken by the holder's release, not by the 30 s lease running out.
     assert max(seconds) < 5, seconds
     # ... and they wait without busy-spinning on Redis.
-    assert sum(commands.values()) < processes_count * 15, commands
+    assert sum(waiting.values()) < processes_count * 15, commands
 
 
 def test_a_killed_holder_blocks_the_others_only_until_its_lease_expires(redis_server):

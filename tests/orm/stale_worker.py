@@ -1496,7 +1496,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", default="versions,moves",
                         help="comma-separated, of: " + ", ".join(WORKLOADS))
     parser.add_argument("--near-cache", action="store_true",
-                        help="a NearCache in every worker's RedisCache")
+                        help="keep every worker's near cache on (the default of RedisCache)")
     parser.add_argument("--drop-tags", metavar="REGEX",
                         help="negative control: writers leave matching tags out of "
                              "their invalidations, e.g. '^(pin|pinned):'")
@@ -1533,8 +1533,7 @@ def main(argv: list[str] | None = None) -> int:
                            rows_per_writer=args.rows_per_writer, pause=args.pause,
                            broken=args.broken, workloads=tuple(args.workloads.split(",")),
                            drop_tags=args.drop_tags,
-                           backend_options={"near_cache": Build("relaycache:NearCache")}
-                           if args.near_cache else None,
+                           backend_options=None if args.near_cache else {"near_cache": False},
                            ops=args.ops.split(",") if args.ops else None)
         connections.close_all()
     finally:

@@ -57,7 +57,10 @@ def forget_the_sets_rows_leave() -> None:
 
 
 def _check(label: str, readers: int = CONTROL_READERS, **options) -> CheckResult:
-    result = run_check(redis_url=REDIS_URL, writers=WRITERS, readers=readers, **options)
+    # Every hit asks Redis here; test_stale_reads_near.py runs the same check with the
+    # near cache (the default) on.
+    result = run_check(redis_url=REDIS_URL, writers=WRITERS, readers=readers,
+                       backend_options={"near_cache": False}, **options)
     print(f"\n{label}: {result.line()}\nserved by shape: {result.served_shapes}\n"
           f"stale by shape: {result.stale_shapes}")
     return result

@@ -3,7 +3,8 @@
 The ACL rules are read from docs/redis.md (the lines ``ACL SETUSER relaycache ...``),
 so the documentation cannot drift from what is tested. The tests check that (1) a
 full workflow (misses, hits, invalidation, delete, clear, distributed singleflight
-across two clients, the async path, the restart check) sends no other command, (2) it
+across two clients, the near cache with its heartbeat, the async path, the restart
+check) sends no other command, (2) it
 works under the documented user, with nothing denied, and (3) each documented command
 is needed: without it something is denied.
 """
@@ -47,8 +48,8 @@ def _commands(rule: str) -> list[str]:
 COMMANDS, CLUSTER_COMMANDS = _commands(SERVER_RULE), _commands(CLUSTER_RULE)
 # Sent by redis-py at connection time and always allowed (HELLO 3 AUTH ...), or sent
 # by this test itself.
-_NOT_OURS = ("hello", "auth", "acl", "config", "client", "cluster|info", "cluster|nodes",
-             "cluster|myid", "dbsize", "keys")
+_NOT_OURS = ("hello", "auth", "acl", "config", "client|setinfo", "client|list",
+             "cluster|info", "cluster|nodes", "cluster|myid", "dbsize", "keys")
 
 
 def acl_rule(rule: str, without: str | None = None) -> list[str]:
@@ -87,6 +88,15 @@ def _workflow(make_client) -> dict:
     backends[0].delete("plain")
     out["after_delete"] = backends[1].get("plain", tags=["books"])
 
+    # The near cache (on by default): served from the process for longer than a
+    # quarter of its heartbeat, so that its tracking connection also sends a PING.
+    backends[0].set("near", 1, tags=["books"])
+    deadline = time.monotonic() + 0.4
+    while time.monotonic() < deadline:
+        backends[0].get("near", tags=["books"])
+        time.sleep(0.005)
+    out["near_hits"] = backends[0].stats.near_hits
+
     async def async_path():
         value = await backends[0].aget_or_set("async", lambda: asyncio.sleep(0, "a"),
                                               tags=["books"], singleflight=True)
@@ -116,6 +126,7 @@ def _assert_worked(out: dict) -> None:
     assert out["get"] == (True, [1, 2]) and out["after_delete"] == (False, None)
     assert out["async"] == ["a", "b"] and out["clear"] == "ok"
     assert out["errors"] == 0, out
+    assert out["near_hits"] > 10, out
 
 
 @pytest.fixture

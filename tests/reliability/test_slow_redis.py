@@ -25,13 +25,15 @@ TIMEOUT = 0.2
 def proxied(redis_server, tcp_proxy_factory, no_gc_pauses):
     """A RedisCache(socket_timeout=0.2, breaker 3 failures / 1 s) reaching its
     server through a proxy; the client's own timeouts are left unset. The timed calls
-    run without the cyclic collector (``no_gc_pauses``)."""
+    run without the cyclic collector (``no_gc_pauses``). No near cache: these tests
+    time the calls that reach Redis (a near cache would answer hits from the process
+    until its heartbeat, 1 s, went unanswered)."""
     proxy = tcp_proxy_factory(redis_server.port)
     value_prefix = prefix("slow")
     backend = RedisCache(redis.Redis(host=HOST, port=proxy.port), default_ttl=60,
                          socket_timeout=TIMEOUT, value_prefix=value_prefix,
                          meta_prefix=value_prefix + "meta:",
-                         breaker=CircuitBreaker(threshold=3, cooldown=1))
+                         breaker=CircuitBreaker(threshold=3, cooldown=1), near_cache=False)
     return proxy, backend
 
 
