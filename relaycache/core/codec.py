@@ -22,13 +22,26 @@ from typing import Any
 
 import orjson
 
-__all__ = ["DECODE_ERRORS", "decode", "encode", "from_json", "may_hold_markers",
+__all__ = ["DECODE_ERRORS", "JSONData", "decode", "encode", "from_json", "may_hold_markers",
            "register_type", "to_json"]
 
 _INT_MIN, _INT_MAX = -(2**63), 2**64  # what orjson reads back as an int
 _MARK = "~"
 _MARK_BYTES = b'"~'
 _MARK_STR = '"~'
+
+
+class JSONData:
+    """A value already in the form :func:`to_json` gives (JSON scalars, lists, dicts
+    with string keys, markers included), stored as it is and handed back by
+    :func:`from_json` as that same data, neither walked nor decoded: the caller encoded
+    it and decodes it itself. The ORM's rows are encoded column by column
+    (``relaycache.orm.rows``), so a walk of every cell on store would only repeat it."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
 
 
 def _tz_spec(tz: dt.tzinfo | None, value: dt.datetime | dt.time) -> str | float | None:
@@ -183,6 +196,8 @@ def to_json(value: Any) -> Any:
         return {"~m": [[to_json(k), to_json(v)] for k, v in value.items()]}
     if cls is tuple:
         return {"~t": [to_json(v) for v in value]}
+    if cls is JSONData:
+        return {"~j": value.data}
     if cls is set or cls is frozenset:
         return {"~s" if cls is set else "~fs": [to_json(v) for v in value]}
     known = _ENCODERS.get(cls)
@@ -225,6 +240,8 @@ def _decode_marker(tag: str, inner: Any) -> Any:
 
 
 def _decode_known_marker(tag: str, inner: Any) -> Any:
+    if tag == "~j":
+        return inner  # JSONData: the caller decodes it
     if tag == "~t":
         return tuple(from_json(v) for v in inner)
     if tag == "~m":

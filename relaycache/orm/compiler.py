@@ -78,8 +78,11 @@ class CachingCompilerMixin(_CompilerBase):
 
     def _reuse(self, read: CompiledRead) -> None:
         """Set up what Django's iterables read after ``execute_sql()``. The SQL is not
-        reused: a read that reaches the database compiles its own (the remembered
-        parameters could wrap objects the first caller changed since)."""
+        reused: a read that reaches the database compiles its own. The remembered
+        parameters could wrap objects the first caller changed since, compiling sets
+        up the query's own state (its alias map, which code may read after the query
+        ran), and what the query's state leaves out (a model's ``Meta.ordering``
+        changed at run time, as Django's own tests do) is then read afresh."""
         self.select, self.klass_info = read.select, read.klass_info
         self.annotation_col_map = read.annotation_col_map
         self.col_count, self.has_extra_select = read.col_count, read.has_extra_select
@@ -110,7 +113,7 @@ class CachingCompilerMixin(_CompilerBase):
 
         ran: list[bool] = []
 
-        def fetch_rows() -> list[Any]:
+        def fetch_rows() -> Any:
             ran.append(True)
             result = parent(result_type, False, chunk_size)
             if result_type == SINGLE:

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..core.codec import SCALAR_TYPES, from_json, to_json
+from ..core.codec import SCALAR_TYPES, JSONData, from_json, to_json
 
-ROWS_FORMAT = 1
+ROWS_FORMAT = 2
 """Part of every ORM entry's key: a new format never reads entries of an old one."""
 
 _PLAIN = (str, int, bool)
@@ -42,13 +42,14 @@ def _column_code(values: list[Any]) -> str | None:
     return "j"
 
 
-def pack_rows(rows: list[list[Any]]) -> list[Any]:
-    """``[codes, rows]``: JSON-able, with exactly one code (or ``None``) per column.
+def pack_rows(rows: list[list[Any]]) -> JSONData:
+    """``[codes, rows]``, JSON data with exactly one code (or ``None``) per column, as
+    :class:`~relaycache.core.codec.JSONData`: stored without another walk.
 
     Raises ``TypeError`` for a cell the codec cannot encode.
     """
     if not rows:
-        return [[], []]
+        return JSONData([[], []])
     codes = [_column_code([row[i] for row in rows]) for i in range(len(rows[0]))]
     for i, code in enumerate(codes):
         if code is None:
@@ -57,13 +58,14 @@ def pack_rows(rows: list[list[Any]]) -> list[Any]:
         for row in rows:
             if row[i] is not None:
                 row[i] = encode(row[i])
-    return [codes, rows]
+    return JSONData([codes, rows])
 
 
-def unpack_rows(packed: list[Any]) -> list[tuple[Any, ...]]:
-    """Rows as the database cursor gave them. ``codes`` may be ``None``: rows that
-    were never packed (and so never stored)."""
-    codes, rows = packed
+def unpack_rows(packed: JSONData | list[Any]) -> list[tuple[Any, ...]]:
+    """Rows as the database cursor gave them, from what :func:`pack_rows` returned
+    (a miss) or its data as stored (a hit). ``codes`` may be ``None``: rows that were
+    never packed (and so never stored)."""
+    codes, rows = packed.data if isinstance(packed, JSONData) else packed
     for i, code in enumerate(codes or ()):
         if code is None:
             continue

@@ -71,3 +71,20 @@ def test_settings_turn_it_off_or_bound_it(redis_server, options, near):
     assert (backend._near is not None) is near
     if options.get("near_cache"):
         assert backend._near.max_entries == 3
+
+
+@pytest.mark.real_redis
+@pytest.mark.cluster
+def test_a_cluster_client_gets_one_too(shared_redis_cluster):
+    from redis.cluster import RedisCluster
+
+    client = RedisCluster(host="127.0.0.1", port=shared_redis_cluster.ports[0])
+    try:
+        backend = _cache(client)
+        assert isinstance(backend._near, NearCache)
+        backend.set("k", 1, tags=["t"])
+        for _ in range(3):
+            assert backend.get("k", tags=["t"]) == (True, 1)
+        assert backend.stats.near_hits == 2, backend.stats
+    finally:
+        client.close()

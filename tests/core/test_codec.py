@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relaycache import register_type
-from relaycache.core.codec import decode, encode
+from relaycache.core.codec import JSONData, decode, encode, from_json, to_json
 
 PARIS = zoneinfo.ZoneInfo("Europe/Paris")
 NEW_YORK = zoneinfo.ZoneInfo("America/New_York")
@@ -509,3 +509,19 @@ def test_property_encoding_is_plain_json_nothing_executable(value):
 def test_lone_surrogate_is_a_clear_error_not_corruption():
     with pytest.raises(TypeError):
         encode("\ud800")
+
+
+def test_json_data_is_stored_and_handed_back_as_it_is():
+    """What the ORM's rows use: data its caller already encoded (markers included)
+    comes back as that same data, stored without a walk (no escaping of the markers),
+    for the caller to decode once."""
+    encoded_cell = to_json((1, {"a": dt.date(2024, 1, 2)}))  # holds "~t" and "~d"
+    data = [["j", None], [[encoded_cell, "x"], [None, "~t"]]]
+    raw = encode(["tags", JSONData(data)])
+    assert decode(raw) == ["tags", data]
+    assert from_json(decode(raw)[1][1][0][0]) == (1, {"a": dt.date(2024, 1, 2)})
+    assert b'"~m"' not in raw
+    # Control: given as a plain value, the same data is walked, its marker-like dicts
+    # escaped (and unescaped on decode): equal after the round trip, stored longer.
+    plain = encode(["tags", data])
+    assert b'"~m"' in plain and decode(plain) == ["tags", data]

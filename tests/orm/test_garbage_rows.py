@@ -17,11 +17,12 @@ def _forge_cells(backend, key: str, column_value: object) -> None:
     as a Decimal (``dec``) and holding ``column_value``, the entry's tags and stamps
     kept (it stays current)."""
     vkey = backend.value_key(key)
-    tags, stamps, (codes, rows) = orjson.loads(backend.fetch([vkey])[0])
+    tags, stamps, stored = orjson.loads(backend.fetch([vkey])[0])
+    codes, rows = stored["~j"]  # the rows as codec.JSONData, stored unwalked
     assert rows, "the query has rows to forge"
     codes = ["dec"] * len(codes)
     rows = [[column_value] * len(codes) for _ in rows]
-    assert backend.store_if_current(vkey, orjson.dumps([tags, stamps, [codes, rows]]),
+    assert backend.store_if_current(vkey, orjson.dumps([tags, stamps, {"~j": [codes, rows]}]),
                                     backend.stamp_keys(tags), stamps, 60_000)
 
 
