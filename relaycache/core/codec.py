@@ -225,6 +225,8 @@ def from_json(data: Any) -> Any:
         return data
     if len(data) == 1:
         (tag, inner), = data.items()
+        if tag == "~j":  # JSONData: every ORM hit, so no detour
+            return inner
         if tag[:1] == _MARK:
             return _decode_marker(tag, inner)
     return {k: from_json(v) for k, v in data.items()}
@@ -240,8 +242,6 @@ def _decode_marker(tag: str, inner: Any) -> Any:
 
 
 def _decode_known_marker(tag: str, inner: Any) -> Any:
-    if tag == "~j":
-        return inner  # JSONData: the caller decodes it
     if tag == "~t":
         return tuple(from_json(v) for v in inner)
     if tag == "~m":
